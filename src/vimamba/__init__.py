@@ -1,0 +1,17 @@
+"""vimamba: Vision Mamba (Vim) in pure PyTorch, faithful to the official checkpoints, fast on CPU and GPU.
+
+    import vimamba
+    model = vimamba.create_model("vim_tiny_patch16_224", pretrained="vim_t_midclstok_76p1acc.pth")
+    logits = model(images)                      # any image size
+
+Importing vimamba also registers the models with timm (``timm.create_model("vim_tiny_patch16_224")``).
+"""
+from .models import (Checkpoint, CheckpointError, VimConfig, VisionMamba, create_model, list_models,
+                     load_checkpoint, load_model, read_checkpoint, save_weights)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VisionMamba", "VimConfig", "create_model", "list_models", "load_model", "load_checkpoint",
+    "read_checkpoint", "save_weights", "Checkpoint", "CheckpointError", "__version__",
+]
