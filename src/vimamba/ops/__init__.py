@@ -9,14 +9,20 @@ and dispatches to an implementation:
 
 ``"reference"``  a sequential loop over tokens that reads like the math (:mod:`vimamba.ops.reference`); the
                  definition every other path is tested against. Slow.
+``"chunked"``    pure PyTorch, any device: a two-level (about sqrt(L) chunks) scan with a custom autograd Function
+                 that recomputes from chunk-boundary states in backward (:mod:`vimamba.ops.chunked`).
+``"cpp"``        a C++/OpenMP CPU kernel compiled on first use, falling back to ``"chunked"`` where it cannot be
+                 built (:mod:`vimamba.ops.cpp_scan`).
+``"triton"``     fused forward and backward Triton kernels for CUDA GPUs (:mod:`vimamba.ops.triton_scan`).
 
 The implementation is chosen, first match wins, by the ``impl`` argument, by the environment variable
 ``VIMAMBA_SCAN_IMPL``, or automatically (``"auto"``) from the device of the inputs.
 """
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -35,24 +41,56 @@ __all__ = [
 
 SCAN_IMPL_ENV = "VIMAMBA_SCAN_IMPL"
 
-# name -> function with the signature of :func:`bidirectional_scan_reference`
-_IMPLS: Dict[str, Callable[..., torch.Tensor]] = {
-    "reference": bidirectional_scan_reference,
+# name -> (module, function); every function has the signature of :func:`bidirectional_scan_reference`.
+# Modules are imported on first use, so a missing optional backend never breaks ``import vimamba``.
+_IMPL_LOCATIONS: Dict[str, Tuple[str, str]] = {
+    "reference": (".reference", "bidirectional_scan_reference"),
+    "chunked": (".chunked", "bidirectional_scan_chunked"),
+    "cpp": (".cpp_scan", "bidirectional_scan_cpp"),
+    "triton": (".triton_scan", "bidirectional_scan_triton"),
 }
+_LOADED: Dict[str, Callable[..., torch.Tensor]] = {}
 
 
-def available_scan_impls() -> list[str]:
+def available_scan_impls() -> List[str]:
     """Names accepted by ``impl=`` / ``VIMAMBA_SCAN_IMPL`` (plus ``"auto"``)."""
-    return list(_IMPLS)
+    return list(_IMPL_LOCATIONS)
+
+
+def _load(name: str) -> Callable[..., torch.Tensor]:
+    if name not in _LOADED:
+        module_name, function_name = _IMPL_LOCATIONS[name]
+        module = importlib.import_module(module_name, __name__)
+        _LOADED[name] = getattr(module, function_name)
+    return _LOADED[name]
+
+
+# Preference order of "auto" per device type; the first backend whose module imports and whose
+# ``is_available()`` (if it defines one) is true wins.
+_AUTO_ORDER = {"cuda": ("triton", "chunked"), "cpu": ("cpp", "chunked")}
+
+
+def _usable(name: str) -> bool:
+    try:
+        module = importlib.import_module(_IMPL_LOCATIONS[name][0], __name__)
+    except ImportError:
+        return False
+    return bool(getattr(module, "is_available", lambda: True)())
+
+
+def _auto_impl(device: torch.device) -> str:
+    for name in _AUTO_ORDER.get(device.type, ("chunked",)):
+        if _usable(name):
+            return name
+    return "reference"
 
 
 def resolve_scan_impl(impl: Optional[str], device: torch.device) -> str:
     """The implementation that will run for inputs on ``device``: argument, else environment, else automatic."""
-    name = impl or os.environ.get(SCAN_IMPL_ENV) or "auto"
-    name = name.strip().lower()
+    name = (impl or os.environ.get(SCAN_IMPL_ENV) or "auto").strip().lower()
     if name == "auto":
-        return "reference"
-    if name not in _IMPLS:
+        return _auto_impl(device)
+    if name not in _IMPL_LOCATIONS:
         raise ValueError(
             f"unknown selective-scan implementation {name!r}; choose one of {['auto', *available_scan_impls()]} "
             f"(argument `scan_impl`/`impl` or environment variable {SCAN_IMPL_ENV})"
@@ -90,4 +128,4 @@ def bidirectional_selective_scan(
     float16; the state and all accumulation are float32; the output has the dtype of ``x_f``.
     """
     name = resolve_scan_impl(impl, x_f.device)
-    return _IMPLS[name](x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
+    return _load(name)(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
