@@ -19,7 +19,7 @@ import torch
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
-from vimamba.models import create_model  # noqa: E402
+from conftest import tiny_vim  # noqa: E402
 from vimamba.ops import triton_scan  # noqa: E402
 from vimamba.ops.reference import bidirectional_scan_reference, selective_scan_reference  # noqa: E402
 from vimamba.ops.triton_scan import bidirectional_scan_triton  # noqa: E402
@@ -274,7 +274,7 @@ def test_long_odd_sequence(device):
 @on_devices
 def test_saves_chunk_states_not_the_full_state(device):
     """What autograd keeps is the inputs plus one state per chunk and direction - never (batch, L, E, N)."""
-    batch, length, channels, n_state = 2, 200, 8, 16
+    batch, length, channels, n_state = 2, 100, 8, 16
     inputs = as_leaves(make_inputs(batch=batch, length=length, channels=channels, n_state=n_state, device=device))
     input_ptrs = {t.untyped_storage().data_ptr() for t in inputs.values() if t is not None}
     extra = []
@@ -307,9 +307,8 @@ def test_empty_sequence(device):
 def test_whole_model_matches_reference(device):
     """A tiny Vim gives the same logits and parameter gradients with impl="triton" as with "reference"."""
     torch.manual_seed(0)
-    model = create_model("vim_tiny_patch16_224", embed_dim=16, depth=2, patch_size=4, stride=4, img_size=16,
-                         in_chans=1, num_classes=5).to(device).eval()  # eval: no stochastic depth
-    images = torch.randn(2, 1, 16, 16, device=device)
+    model = tiny_vim().to(device).eval()
+    images = torch.randn(2, 3, 16, 16, device=device)
     results = {}
     for impl in ("reference", "triton"):
         model.set_scan_impl(impl)

@@ -154,6 +154,11 @@ def _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, 
         )
 
 
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it the inputs' device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _direction_args(x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> List[int]:
     """(batch stride, token stride) of x, dt, B, C, in the kernels' argument order."""
     return [x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1)]
@@ -177,16 +182,17 @@ def _forward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], save_s
               if save_states else None)
     z_arg = z if z is not None else x_f  # never read without z
     grid = (_cdiv(channels, block_e), batch)
-    _kernels.bidirectional_scan_fwd_kernel[grid](
-        x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
-        x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
-        z_arg, out, workspace, states if states is not None else workspace,
-        *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
-        z_arg.stride(0), z_arg.stride(1), out.stride(0), out.stride(1),
-        length, channels, n_state, n_chunks,
-        HAS_Z=z is not None, SAVE_STATES=save_states, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_N=block_n,
-        num_warps=config.num_warps_fwd,
-    )
+    with _on_device(x_f.device):
+        _kernels.bidirectional_scan_fwd_kernel[grid](
+            x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
+            x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
+            z_arg, out, workspace, states if states is not None else workspace,
+            *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
+            z_arg.stride(0), z_arg.stride(1), out.stride(0), out.stride(1),
+            length, channels, n_state, n_chunks,
+            HAS_Z=z is not None, SAVE_STATES=save_states, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_N=block_n,
+            num_warps=config.num_warps_fwd,
+        )
     return out, states, block_t
 
 
@@ -219,20 +225,21 @@ def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], state
     z_arg = z if z is not None else x_f  # never read without z
     dz_arg = dz if dz is not None else dx_f  # never written without z
 
-    _kernels.bidirectional_scan_bwd_kernel[(e_blocks, batch)](
-        x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
-        x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
-        z_arg, dout, workspace, states,
-        dx_f, ddt_f, dB_f, dC_f, dA_f, dD_f, dbias_f,
-        dx_b, ddt_b, dB_b, dC_b, dA_b, dD_b, dbias_b,
-        dz_arg,
-        *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
-        z_arg.stride(0), z_arg.stride(1), dout.stride(0), dout.stride(1), dx_f.stride(0), dx_f.stride(1),
-        dB_f.stride(0) if not atomic else 0, dB_f.stride(1), dB_f.stride(2),
-        length, channels, n_state, n_chunks,
-        HAS_Z=z is not None, ATOMIC_BC=atomic, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_N=block_n,
-        num_warps=config.num_warps_bwd,
-    )
+    with _on_device(device):
+        _kernels.bidirectional_scan_bwd_kernel[(e_blocks, batch)](
+            x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
+            x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
+            z_arg, dout, workspace, states,
+            dx_f, ddt_f, dB_f, dC_f, dA_f, dD_f, dbias_f,
+            dx_b, ddt_b, dB_b, dC_b, dA_b, dD_b, dbias_b,
+            dz_arg,
+            *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
+            z_arg.stride(0), z_arg.stride(1), dout.stride(0), dout.stride(1), dx_f.stride(0), dx_f.stride(1),
+            dB_f.stride(0) if not atomic else 0, dB_f.stride(1), dB_f.stride(2),
+            length, channels, n_state, n_chunks,
+            HAS_Z=z is not None, ATOMIC_BC=atomic, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_N=block_n,
+            num_warps=config.num_warps_bwd,
+        )
 
     def reduced(partial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return partial.sum(0).to(like.dtype)
