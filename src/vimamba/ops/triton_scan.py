@@ -256,7 +256,7 @@ class _BidirectionalScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, config: TritonScanConfig, z: Optional[torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
         out, states, block_t = _forward(inputs, z, save_states=True, config=config)
-        ctx.config, ctx.block_t, ctx.has_z = config, block_t, z is not None
+        ctx.config, ctx.block_t = config, block_t
         if states is None:  # empty input: nothing to differentiate
             states = out.new_zeros(0)
         ctx.save_for_backward(states, z, *inputs)
