@@ -198,6 +198,23 @@ def test_softplus_threshold_region(impl):
     assert relative_error(ours[2].grad, ref[2].grad) < 1e-4
 
 
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_extreme_gate_and_time_step_values(impl):
+    """z and dt + bias far into both tails (|x| up to 60): the fast exp/softplus/silu saturate like torch's."""
+    fn = IMPLS[impl]()
+    inputs = make_inputs(1, 12, 8, 4, seed=12)
+    tails = torch.linspace(-60, 60, 12 * 8).reshape(1, 12, 8)
+    inputs[2], inputs[3], inputs[14] = tails, tails.flip(1), tails.flip(2)
+    ours, ref = leaf_copies(inputs), leaf_copies(inputs, torch.float64)
+    out, expected = fn(*ours), bidirectional_scan_reference(*ref)
+    assert relative_error(out, expected) < 2e-5
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    out.backward(grad.float())
+    expected.backward(grad)
+    for name, mine, theirs in zip(NAMES, ours, ref):
+        assert torch.isfinite(mine.grad).all() and relative_error(mine.grad, theirs.grad) < 1e-4, name
+
+
 def test_shape_errors_name_the_argument():
     inputs = make_inputs(1, 5, 4, 3)
     bad = list(inputs)

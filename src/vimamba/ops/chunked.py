@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 __all__ = ["bidirectional_scan_chunked", "chunk_length", "check_scan_inputs"]
 
-# Elements of one transient (batch, chunks, T, E, N) tensor; the forward holds ~4 such tensors, the backward ~10.
-_GROUP_ELEMENTS = 1 << 22
+# Elements of one transient (batch, chunks, T, E, N) tensor (8 MiB in float32); forward holds ~4, backward ~10.
+_GROUP_ELEMENTS = 1 << 21
 _SOFTPLUS_THRESHOLD = 20.0  # as F.softplus: x above it is returned as is (derivative 1)
 
 
