@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -101,9 +102,16 @@ def _build(flags: Sequence[str]) -> str:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
         pass
-    flag_tag = hashlib.sha1(" ".join(flags).encode()).hexdigest()[:6]
+    name = f"vimamba_scan_cpu_{_cpu_fingerprint()}_{hashlib.sha1(' '.join(flags).encode()).hexdigest()[:6]}"
+    try:  # say so when this is the (slow) first build on this machine
+        built = any(Path(cpp_extension._get_build_directory(name, False)).glob("*.so"))
+    except Exception:
+        built = True
+    if not built:
+        print("vimamba: compiling the native CPU selective scan (first use on this machine, a few seconds)",
+              file=sys.stderr, flush=True)
     return cpp_extension.load(
-        name=f"vimamba_scan_cpu_{_cpu_fingerprint()}_{flag_tag}",
+        name=name,
         sources=[str(_SOURCE)],
         extra_cflags=list(flags),
         extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else [],
