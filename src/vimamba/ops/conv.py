@@ -63,6 +63,6 @@ def bidirectional_conv_silu(
     if native:
         from . import cpp_scan
 
-        if cpp_scan.conv_silu_supported(x, weight_f):
+        if cpp_scan.conv_silu_supported(x, weight_f) and weight_f.shape == weight_b.shape:
             return cpp_scan.bidirectional_conv_silu_cpp(x, weight_f, bias_f, weight_b, bias_b)
     return (F.silu(depthwise_conv1d(x, weight_f, bias_f)), F.silu(depthwise_conv1d(x, weight_b, bias_b, reverse=True)))

@@ -1,5 +1,8 @@
 """The bidirectional selective scan as a native CPU kernel (``csrc/scan_cpu.cpp``), compiled on first use.
 
+The same library also runs the mixer's two depthwise convolutions + SiLU in one pass
+(:func:`bidirectional_conv_silu_cpp`, used by :func:`vimamba.ops.conv.bidirectional_conv_silu` with ``native=True``).
+
 The C++ source has no torch headers and a plain C ABI, so it builds in a few seconds with
 ``torch.utils.cpp_extension.load`` (ninja, cached in the torch extensions directory, rebuilt when the source or the
 flags change, locked against concurrent builds) and is called through :mod:`ctypes`. It is built for the machine it
