@@ -1,0 +1,202 @@
+"""The benchmark's outputs: the environment it ran in, the terminal tables, the paper-style comparison, and the
+JSON and CSV files (the JSON is the complete record; :func:`read_results` loads it back for re-plotting).
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..io import atomic_write
+from .measure import Measurement
+
+__all__ = ["FORMAT", "collect_environment", "load_average", "format_measurement", "format_table", "compare", "format_comparison",
+           "write_json", "write_csv", "read_results"]
+
+FORMAT = "vimamba-bench/1"
+_MiB = 1024 ** 2
+
+
+# ---------------------------------------------------------------------------------------------------- environment
+def _version(package: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _total_memory_bytes() -> Optional[int]:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def load_average() -> Optional[List[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def collect_environment(device: str) -> Dict[str, object]:
+    """Machine, library versions and settings that a timing depends on."""
+    env: Dict[str, object] = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": _version("timm"),
+        "triton": _version("triton"),
+        "vimamba": _version("vimamba"),
+        "numpy": _version("numpy"),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_total_bytes": _total_memory_bytes(),
+        "torch_default_threads": torch.get_num_threads(),
+        "load_average_start": load_average(),
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        env.update(device_name=torch.cuda.get_device_name(0), gpu_memory_bytes=props.total_memory,
+                   gpu_capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version(), gpu_count=torch.cuda.device_count())
+    else:
+        env["device_name"] = env["cpu_model"]
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+def _mib(n: Optional[int]) -> str:
+    return f"{n / _MiB:,.0f}" if n is not None else "-"
+
+
+def format_measurement(m: Measurement) -> str:
+    """One line of progress for a finished configuration."""
+    head = f"{m.label} @ {m.resolution}px (L={m.tokens if m.tokens else '?'}, batch {m.batch_size})"
+    if m.status != "ok":
+        return f"{head}: {m.status.upper()} {m.message}"
+    return (f"{head}: {m.latency_ms_median:,.1f} ms median (IQR {m.latency_ms_p25:,.1f}-{m.latency_ms_p75:,.1f}, "
+            f"{m.runs} runs), {m.images_per_s:,.2f} img/s, peak {_mib(m.peak_memory_bytes)} MiB "
+            f"(working {_mib(m.working_memory_bytes)} MiB)")
+
+
+def format_table(measurements: Sequence[Measurement]) -> str:
+    header = (f"{'model':<48} {'res':>5} {'tokens':>7} {'median ms':>11} {'IQR ms':>17} {'img/s':>10} "
+              f"{'peak MiB':>9} {'work MiB':>9}")
+    lines = [header, "-" * len(header)]
+    for m in measurements:
+        tokens = str(m.tokens) if m.tokens else "-"
+        if m.status == "ok":
+            iqr = f"{m.latency_ms_p25:,.1f}-{m.latency_ms_p75:,.1f}"
+            lines.append(f"{m.label:<48} {m.resolution:>5} {tokens:>7} {m.latency_ms_median:>11,.1f} {iqr:>17} "
+                         f"{m.images_per_s:>10,.2f} {_mib(m.peak_memory_bytes):>9} {_mib(m.working_memory_bytes):>9}")
+        else:
+            lines.append(f"{m.label:<48} {m.resolution:>5} {tokens:>7} {m.status.upper():>11}   {m.message[:70]}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- comparison
+def compare(measurements: Sequence[Measurement]) -> List[Dict[str, object]]:
+    """The first model against every other one, per resolution, as the paper states its claim.
+
+    ``speedup`` = images/s of the first / images/s of the other (>1: the first is faster); ``peak_memory_saved``
+    = 1 - peak(first) / peak(other), likewise for working memory. A side that did not run gives its status.
+    """
+    labels = list(dict.fromkeys(m.label for m in measurements))
+    if len(labels) < 2:
+        return []
+    index = {(m.label, m.resolution): m for m in measurements}
+    reference = labels[0]
+    rows = []
+    for resolution in sorted({m.resolution for m in measurements}):
+        ref = index.get((reference, resolution))
+        if ref is None:
+            continue
+        for other_label in labels[1:]:
+            other = index.get((other_label, resolution))
+            if other is None:
+                continue
+            row: Dict[str, object] = dict(resolution=resolution, model=reference, other=other_label,
+                                          status=ref.status, other_status=other.status)
+            if ref.status == "ok" and other.status == "ok":
+                row["speedup"] = ref.images_per_s / other.images_per_s
+                row["peak_memory_saved"] = 1.0 - ref.peak_memory_bytes / other.peak_memory_bytes
+                if other.working_memory_bytes:
+                    row["working_memory_saved"] = 1.0 - (ref.working_memory_bytes or 0) / other.working_memory_bytes
+            rows.append(row)
+    return rows
+
+
+def format_comparison(rows: Sequence[Dict[str, object]]) -> str:
+    if not rows:
+        return ""
+    lines = [f"{rows[0]['model']} against the other models (speed-up = ratio of images/s; memory saved = 1 - "
+             f"its memory / the other's):",
+             f"  {'res':>5}  {'other model':<48} {'speed-up':>9} {'peak mem saved':>15} {'working mem saved':>18}"]
+    for row in rows:
+        if "speedup" in row:
+            working = f"{row['working_memory_saved']:.1%}" if "working_memory_saved" in row else "-"
+            lines.append(f"  {row['resolution']:>5}  {row['other']:<48} {row['speedup']:>8.2f}x "
+                         f"{row['peak_memory_saved']:>15.1%} {working:>18}")
+        else:
+            lines.append(f"  {row['resolution']:>5}  {row['other']:<48} not compared (this model: "
+                         f"{row['status'].upper()}, other: {row['other_status'].upper()})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- files
+def write_json(path: Path, document: Dict[str, object]) -> Path:
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    return Path(path)
+
+
+def write_csv(path: Path, measurements: Sequence[Measurement], context: Dict[str, object]) -> Path:
+    """One row per measurement; ``context`` columns (device, dtype, mode, versions) repeated on every row."""
+    rows = [{**context, **m.to_dict()} for m in measurements]
+    fieldnames = list(context) + list(Measurement.__dataclass_fields__)
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def read_results(path: os.PathLike) -> Tuple[Dict[str, object], List[Measurement]]:
+    """Load a ``bench.json`` written by ``vimamba bench``: (the document, its measurements)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark results at {path}")
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a JSON file ({e})") from e
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a `vimamba bench` results file (expected \"format\": \"{FORMAT}\")")
+    try:
+        measurements = [Measurement(**row) for row in document["measurements"]]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: malformed measurements ({e})") from e
+    return document, measurements
