@@ -104,7 +104,7 @@ def _configurations(args, model_args: Dict[str, object]):
     from .measure import Configuration
     from .models import count_tokens, describe_on_meta, is_vim_model, uses_attention
 
-    configs = []
+    variants = []  # (name, attention)
     for name in args.models:
         try:
             model = describe_on_meta(name, None, model_args)
@@ -115,16 +115,16 @@ def _configurations(args, model_args: Dict[str, object]):
             attentions = list(args.attention)
         for resolution in args.resolutions:
             count_tokens(model, resolution)  # raises for an image smaller than one patch
-        for attention in attentions:
-            for resolution in args.resolutions:
-                configs.append(Configuration(
-                    model=name, resolution=resolution, batch_size=args.batch_size, device=args.device,
-                    dtype=args.dtype, mode=args.mode, attention=attention,
-                    scan_impl=args.scan_impl if is_vim_model(name) else None, model_args=model_args,
-                    warmup=args.warmup, repeats=args.repeats, time_budget_s=args.time_budget, threads=args.threads,
-                    max_memory_bytes=int(args.max_memory_gb * 1024 ** 3) if args.max_memory_gb else None,
-                    allow_tf32=args.tf32))
-    return configs
+        variants += [(name, attention) for attention in attentions]
+    # Resolution-major order: the models compared at one resolution run close together in time, so a change in
+    # the machine's load during a long run affects them alike.
+    return [Configuration(
+        model=name, resolution=resolution, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        mode=args.mode, attention=attention, scan_impl=args.scan_impl if is_vim_model(name) else None,
+        model_args=model_args, warmup=args.warmup, repeats=args.repeats, time_budget_s=args.time_budget,
+        threads=args.threads, max_memory_bytes=int(args.max_memory_gb * 1024 ** 3) if args.max_memory_gb else None,
+        allow_tf32=args.tf32)
+        for resolution in args.resolutions for name, attention in variants]
 
 
 def _command_line(args) -> str:

@@ -106,7 +106,8 @@ def format_table(measurements: Sequence[Measurement]) -> str:
     header = (f"{'model':<48} {'res':>5} {'tokens':>7} {'median ms':>11} {'IQR ms':>17} {'img/s':>10} "
               f"{'peak MiB':>9} {'work MiB':>9}")
     lines = [header, "-" * len(header)]
-    for m in measurements:
+    order = {label: i for i, label in enumerate(dict.fromkeys(m.label for m in measurements))}
+    for m in sorted(measurements, key=lambda m: (order[m.label], m.resolution)):  # grouped by model
         tokens = str(m.tokens) if m.tokens else "-"
         if m.status == "ok":
             iqr = f"{m.latency_ms_p25:,.1f}-{m.latency_ms_p75:,.1f}"
