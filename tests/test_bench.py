@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from vimamba.bench import Configuration, Measurement, fit_exponent, run_isolated, scaling_report
+from vimamba.bench.measure import make_step
 from vimamba.bench.memory import MemoryProbe, is_out_of_memory
-from vimamba.bench.models import build_model, count_tokens
+from vimamba.bench.models import build_model, count_tokens, input_resolution
 from vimamba.bench.report import compare, read_results
 from vimamba.cli import main
 
@@ -162,6 +163,18 @@ def test_out_of_memory_detection():
     assert not is_out_of_memory(ValueError("out of memory"))  # only allocator errors count
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_train_step_runs_forward_and_backward(dtype):
+    torch.manual_seed(0)
+    model = build_model("vim_tiny_patch16_224", scan_impl="reference",
+                        model_args={"depth": 2, "embed_dim": 32, "num_classes": 5}).train()
+    step = make_step(model, torch.randn(2, 3, 32, 32), "train", dtype)
+    step()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
 # ---------------------------------------------------------------------------------------------------- models
 def test_math_attention_is_the_same_model_without_fused_attention(monkeypatch):
     calls = []
@@ -189,6 +202,9 @@ def test_token_counts_match_the_paper():
         assert count_tokens(model, 1248) == 78 * 78 + 1  # "6084 tokens per image" plus the class token
     with pytest.raises(ValueError, match="smaller than one patch"):
         count_tokens(vim, 8)
+    # 738 px: Vim's strided conv ignores the last 2 pixels; DeiT is given those same 736 pixels (46 x 46 patches)
+    assert (input_resolution(vim, 738), input_resolution(deit, 738)) == (738, 736)
+    assert input_resolution(deit, 1248) == 1248
 
 
 # ---------------------------------------------------------------------------------------------------- analysis

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import ast
 import shlex
+import signal
+import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -180,6 +182,7 @@ def _measure(args, configs, output: Path) -> int:
           f"({args.mode}, batch {args.batch_size}, {args.dtype}); results in {output}/", flush=True)
     measurements = []
     failed_at: Dict[str, object] = {}  # label -> the failed measurement: larger inputs of that model are skipped
+    previous_handler = _interrupt_on_sigterm()
     try:
         for i, config in enumerate(configs, 1):
             failure = failed_at.get(config.label)
@@ -198,6 +201,9 @@ def _measure(args, configs, output: Path) -> int:
     except KeyboardInterrupt:
         _finish(document, measurements, output, check_scaling=args.check_scaling)
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     document["complete"] = True
     _finish(document, measurements, output, check_scaling=args.check_scaling)
     errors = [m for m in measurements if m.status == "error"]
@@ -205,6 +211,18 @@ def _measure(args, configs, output: Path) -> int:
         print(f"vimamba bench: {len(errors)} configuration(s) failed with an error (see the table; "
               f"VIMAMBA_DEBUG=1 prints their tracebacks)")
     return 1 if errors else 0
+
+
+def _interrupt_on_sigterm():
+    """Treat SIGTERM (``kill``, a job scheduler's time limit) like Ctrl-C: stop the running configuration and write
+    what was measured. Returns the previous handler (None when not in the main thread, where it cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _finish(document: dict, measurements, output: Path, *, check_scaling: bool, write_data: bool = True) -> None:

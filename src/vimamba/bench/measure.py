@@ -23,9 +23,10 @@ import torch
 import torch.nn as nn
 
 from .memory import MemoryProbe, describe_out_of_memory, is_out_of_memory
-from .models import build_model, count_parameters, count_tokens, is_vim_model, model_label
+from .models import build_model, count_parameters, count_tokens, input_resolution, is_vim_model, model_label
 
-__all__ = ["Configuration", "Measurement", "run_configuration", "time_steps", "latency_summary", "MODES", "DTYPES"]
+__all__ = ["Configuration", "Measurement", "run_configuration", "make_step", "time_steps", "latency_summary", "MODES",
+           "DTYPES"]
 
 MODES = ("features", "train")
 DTYPES = ("fp32", "bf16")
@@ -69,6 +70,7 @@ class Measurement:
     status: str = "ok"
     message: str = ""
     scan_impl: Optional[str] = None
+    input_resolution: Optional[int] = None  # pixels per side fed to the model (see models.input_resolution)
     tokens: Optional[int] = None
     params: Optional[int] = None
     threads: Optional[int] = None
@@ -131,7 +133,8 @@ def _input_channels(model: nn.Module) -> int:
     return first_conv.in_channels if first_conv is not None else 3
 
 
-def _make_step(model: nn.Module, images: torch.Tensor, mode: str, dtype: str) -> Callable[[], None]:
+def make_step(model: nn.Module, images: torch.Tensor, mode: str, dtype: str) -> Callable[[], None]:
+    """The work that is timed: one feature extraction or one forward + backward of ``images``."""
     def autocast():
         if dtype == "bf16":
             return torch.autocast(device_type=images.device.type, dtype=torch.bfloat16)
@@ -167,14 +170,14 @@ def run_configuration(config: Configuration) -> Measurement:
                             model_args=config.model_args)
         result.params = count_parameters(model)
         result.tokens = count_tokens(model, config.resolution)
+        result.input_resolution = size = input_resolution(model, config.resolution)
         if is_vim_model(config.model):
             from ..ops import resolve_scan_impl
 
             result.scan_impl = resolve_scan_impl(config.scan_impl if config.scan_impl != "auto" else None, device)
         model = model.to(device).train(config.mode == "train")
-        images = torch.randn(config.batch_size, _input_channels(model), config.resolution, config.resolution,
-                             device=device)
-        step = _make_step(model, images, config.mode, config.dtype)
+        images = torch.randn(config.batch_size, _input_channels(model), size, size, device=device)
+        step = make_step(model, images, config.mode, config.dtype)
 
         result.baseline_memory_bytes = probe.start()
         probe.cap(config.max_memory_bytes)

@@ -16,7 +16,8 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["ATTENTION_MODES", "is_vim_model", "build_model", "uses_attention", "count_tokens", "model_label",
+__all__ = ["ATTENTION_MODES", "is_vim_model", "build_model", "uses_attention", "count_tokens", "input_resolution",
+           "model_label",
            "count_parameters", "describe_on_meta"]
 
 ATTENTION_MODES = ("sdpa", "math")
@@ -106,6 +107,22 @@ def count_tokens(model: nn.Module, resolution: int) -> Optional[int]:
     if grid[0] < 1 or grid[1] < 1:
         raise ValueError(f"a {resolution}x{resolution} image is smaller than one patch of {type(model).__name__}")
     return grid[0] * grid[1] + int(getattr(model, "num_prefix_tokens", 0))
+
+
+def input_resolution(model: nn.Module, resolution: int) -> int:
+    """The image size actually fed to the model for a nominal ``resolution``.
+
+    Vim's patch embedding is a strided convolution: at 738 px it makes 46 x 46 patches and ignores the last 2 pixel
+    rows and columns. timm's ViT patch embedding (without ``dynamic_img_pad``) refuses sizes that are not a multiple
+    of the patch size; it is given the same pixels Vim uses, the largest multiple of the patch size, hence the same
+    46 x 46 patches. Padding instead (``dynamic_img_pad``) would give DeiT 47 x 47 patches, more work than Vim.
+    """
+    patch_embed = getattr(model, "patch_embed", None)
+    patch = getattr(patch_embed, "patch_size", None)
+    if patch is None or hasattr(patch_embed, "feat_size") or getattr(patch_embed, "dynamic_img_pad", False):
+        return resolution
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    return resolution - resolution % patch
 
 
 def model_label(name: str, attention: Optional[str]) -> str:

@@ -1,5 +1,6 @@
 """Run each configuration in its own child process, so that one configuration's memory, allocator caches or crash
-cannot affect the next, and an out-of-memory kill takes down only that configuration.
+cannot affect the next, and an out-of-memory kill takes down only that configuration. A child ends when its
+parent does, however the parent ends.
 
 Children come from a multiprocessing *forkserver* that has imported torch, timm and vimamba once: a child starts in
 milliseconds instead of re-importing them (seconds), and it is forked from a process that has never run a
@@ -12,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Optional
 
@@ -28,7 +30,21 @@ def _context():
     return context
 
 
-def _child(connection, config: Configuration) -> None:
+def _exit_with_parent(parent_alive) -> None:
+    """End this process as soon as the parent is gone (its end of ``parent_alive`` closes), even mid-computation:
+    a parent killed by a signal must not leave a configuration running on the machine."""
+    def watch() -> None:
+        try:
+            parent_alive.recv()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vimamba-bench-watchdog", daemon=True).start()
+
+
+def _child(connection, parent_alive, config: Configuration) -> None:
+    _exit_with_parent(parent_alive)
     try:
         connection.send(("result", run_configuration(config)))
     except BaseException:  # noqa: BLE001 - every failure goes back to the parent as text
@@ -45,13 +61,18 @@ def _signal_name(number: int) -> str:
 
 
 def run_isolated(config: Configuration, timeout_s: Optional[float] = None) -> Measurement:
-    """Measure ``config`` in a fresh child process; failures become a Measurement with a non-"ok" status."""
+    """Measure ``config`` in a fresh child process; failures become a Measurement with a non-"ok" status.
+
+    As with any multiprocessing code, a script calling this must do so under ``if __name__ == "__main__":``.
+    """
     context = _context()
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, config), name=f"vimamba-bench {config.label}",
-                              daemon=True)
+    alive_receiver, alive_sender = context.Pipe(duplex=False)  # nothing is ever sent: only its closing matters
+    process = context.Process(target=_child, args=(sender, alive_receiver, config),
+                              name=f"vimamba-bench {config.label}", daemon=True)
     process.start()
     sender.close()
+    alive_receiver.close()
     reply = None
     try:
         if receiver.poll(timeout_s):
@@ -71,6 +92,7 @@ def run_isolated(config: Configuration, timeout_s: Optional[float] = None) -> Me
         raise
     finally:
         receiver.close()
+        alive_sender.close()
 
     if reply is not None and reply[0] == "result":
         return reply[1]
