@@ -76,7 +76,8 @@ def test_bench_end_to_end_writes_table_json_csv_png(tmp_path, capsys):
     # the saved results redraw without measuring anything
     redraw = tmp_path / "redraw"
     assert main(["bench", "--from-json", str(out / "bench.json"), "--output", str(redraw)]) == 0
-    assert sorted(p.name for p in redraw.iterdir()) == ["bench.png"]
+    assert sorted(p.name for p in redraw.iterdir()) == ["bench.md", "bench.png"]
+    assert "| vim_tiny_patch16_224 | 64 | 17 | reference |" in (redraw / "bench.md").read_text()
 
 
 def test_memory_cap_gives_oom_and_skips_larger_inputs(tmp_path, capsys):

@@ -22,8 +22,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="speed and memory of Vim against DeiT (or any timm model) across resolutions",
         description="Measure latency, images/s and peak memory of each model at each resolution, every "
-                    "configuration in its own process; write a table, bench.json, bench.csv and bench.png "
-                    "(the Vim paper's Figure 1, on your hardware).",
+                    "configuration in its own process; print a table and write bench.json, bench.csv, a Markdown "
+                    "summary bench.md and bench.png (the Vim paper's Figure 1, on your hardware).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME",
                    help="vimamba model names and/or timm model names; the first is compared with the others")
@@ -59,7 +59,8 @@ def register(subparsers) -> None:
                    help=f"where bench.json, bench.csv and bench.png go (default: {DEFAULT_OUTPUT}, or with "
                         "--from-json the folder of that file)")
     p.add_argument("--from-json", default=None, metavar="PATH",
-                   help="measure nothing: print the tables and redraw the figure of an earlier bench.json")
+                   help="measure nothing: print the tables, rewrite bench.md and redraw bench.png of an earlier "
+                        "bench.json")
     p.set_defaults(func=_bench)
 
 
@@ -226,9 +227,10 @@ def _interrupt_on_sigterm():
 
 
 def _finish(document: dict, measurements, output: Path, *, check_scaling: bool, write_data: bool = True) -> None:
-    """Print the tables (and the scaling report), write bench.json / bench.csv and draw bench.png."""
+    """Print the tables (and the scaling report), write bench.json / .csv / .md and draw bench.png."""
     from .plot import plot_results
-    from .report import compare, format_comparison, format_table, load_average, write_csv, write_json
+    from .report import (compare, format_comparison, format_table, load_average, write_csv, write_json,
+                         write_markdown)
     from .scaling import format_scaling, scaling_report
 
     settings, env = document["settings"], document["environment"]
@@ -250,14 +252,10 @@ def _finish(document: dict, measurements, output: Path, *, check_scaling: bool, 
         context = dict(device=settings["device"], device_name=env["device_name"], dtype=settings["dtype"],
                        mode=settings["mode"], torch=env["torch"], timm=env["timm"])
         write_csv(output / "bench.csv", measurements, context)
+    write_markdown(output / "bench.md", document, measurements)
     if measurements:
-        what = "forward_features, no_grad" if settings["mode"] == "features" else "forward + backward"
-        memory_label = ("peak allocated GPU memory (GiB)" if settings["device"] == "cuda"
-                        else "peak resident memory of the process (GiB)")
-        overrides = "".join(f", {key}={value}" for key, value in settings["model_args"].items())
-        plot_results(measurements, output / "bench.png", memory_label=memory_label,
-                     title=f"{settings['mode']} ({what}), batch {settings['batch_size']}, {settings['dtype']}, "
-                           f"{env['device_name']}{overrides}")
-    written = (["bench.json", "bench.csv"] if write_data else []) + (["bench.png"] if measurements else [])
+        plot_results(measurements, output / "bench.png", settings=settings, environment=env)
+    written = (["bench.json", "bench.csv"] if write_data else []) + ["bench.md"]
+    written += ["bench.png"] if measurements else []
     print(f"\nwrote {', '.join(str(output / name) for name in written)}")
 

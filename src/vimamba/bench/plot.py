@@ -16,13 +16,25 @@ _GiB = 1024 ** 3
 _MARK = {"oom": "OOM", "timeout": "timeout", "error": "error"}
 
 
-def plot_results(measurements: Sequence[Measurement], path: Path, *, title: str, memory_label: str) -> Path:
-    """Write a two-panel PNG: images/s (log) and peak memory (GiB) against resolution."""
+def _title(settings: dict, environment: dict) -> str:
+    what = "forward_features, no_grad" if settings["mode"] == "features" else "forward + backward"
+    threads = f", {settings['threads']} thread(s)" if settings.get("threads") else ""
+    overrides = "".join(f", {key}={value}" for key, value in settings.get("model_args", {}).items())
+    return (f"{settings['mode']} ({what}), batch {settings['batch_size']}, {settings['dtype']}, "
+            f"{environment['device_name']}{threads}{overrides}")
+
+
+def plot_results(measurements: Sequence[Measurement], path: Path, *, settings: dict, environment: dict) -> Path:
+    """Write a two-panel PNG: images/s (log) and peak memory (GiB) against resolution; ``settings`` and
+    ``environment`` are those of the results file (mode, batch, dtype, device name, ...) for the title."""
+    title = _title(settings, environment)
+    memory_label = ("peak allocated GPU memory (GiB)" if settings["device"] == "cuda"
+                    else "peak resident memory of the process (GiB)")
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
     from matplotlib.transforms import blended_transform_factory
 
     by_label: Dict[str, List[Measurement]] = {}
@@ -50,8 +62,10 @@ def plot_results(measurements: Sequence[Measurement], path: Path, *, title: str,
                             xytext=(6, -4), textcoords="offset points", color=color, fontsize=9, fontweight="bold")
 
     ax_speed.set_yscale("log")
-    ax_speed.yaxis.set_major_formatter(LogFormatter())  # 20, 50, 100 rather than 2x10^1 ...
-    ax_speed.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1, 0.5)))  # minor labels on short ranges
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.1, 1, 20 rather than 1e-01, 10^0, 2x10^1
+    ax_speed.yaxis.set_major_formatter(plain)
+    low, high = ax_speed.get_ylim()
+    ax_speed.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())  # label minor ticks if < 1 decade
     ax_speed.set_ylabel("throughput (images/s, log scale)")
     ax_memory.set_ylabel(memory_label)
     for ax in (ax_speed, ax_memory):

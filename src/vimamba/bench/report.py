@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -17,8 +18,8 @@ import torch
 from ..io import atomic_write
 from .measure import Measurement
 
-__all__ = ["FORMAT", "collect_environment", "load_average", "format_measurement", "format_table", "compare", "format_comparison",
-           "write_json", "write_csv", "read_results"]
+__all__ = ["FORMAT", "collect_environment", "load_average", "format_measurement", "format_table", "compare",
+           "format_comparison", "format_markdown", "write_json", "write_csv", "write_markdown", "read_results"]
 
 FORMAT = "vimamba-bench/1"
 _MiB = 1024 ** 2
@@ -52,6 +53,21 @@ def _total_memory_bytes() -> Optional[int]:
     return None
 
 
+def _git_revision() -> Optional[str]:
+    """The commit of the vimamba source tree in use (with "+changes" when modified), if it is a git checkout."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("+changes" if dirty else "")
+
+
 def load_average() -> Optional[List[float]]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -69,6 +85,7 @@ def collect_environment(device: str) -> Dict[str, object]:
         "timm": _version("timm"),
         "triton": _version("triton"),
         "vimamba": _version("vimamba"),
+        "vimamba_git": _git_revision(),
         "numpy": _version("numpy"),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -182,6 +199,63 @@ def write_csv(path: Path, measurements: Sequence[Measurement], context: Dict[str
         writer = csv.DictWriter(f, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
+    return Path(path)
+
+
+def format_markdown(document: Dict[str, object], measurements: Sequence[Measurement]) -> str:
+    """A summary to paste into documentation: the command, the machine, the measurements and the comparison."""
+    env, settings = document["environment"], document["settings"]
+    lines = [f"Command: `{document['command']}`", "",
+             f"Machine: {env['device_name']}"
+             + (f" (host CPU: {env['cpu_model']}, {env['cpu_count']} cores)" if settings["device"] == "cuda"
+                else f", {env['cpu_count']} cores") + ", "
+             f"torch {env['torch']}, timm {env['timm']}, triton {env['triton']}, vimamba {env['vimamba']} "
+             f"({env.get('vimamba_git') or 'not a git checkout'}), "
+             f"{settings['threads'] or env['torch_default_threads']} thread(s), {env['date_utc']}, load average {env['load_average_start']} at the start and "
+             f"{env.get('load_average_end')} at the end. Memory: {settings['memory_probe']}.", "",
+             "| model | res | tokens | scan | median ms (IQR) | img/s | peak MiB | working MiB |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    order = {label: i for i, label in enumerate(dict.fromkeys(m.label for m in measurements))}
+    for m in sorted(measurements, key=lambda m: (order[m.label], m.resolution)):
+        scan = m.scan_impl or ""
+        if m.status == "ok":
+            lines.append(f"| {m.label} | {m.resolution} | {m.tokens} | {scan} | {m.latency_ms_median:,.1f} "
+                         f"({m.latency_ms_p25:,.1f}-{m.latency_ms_p75:,.1f}) | {m.images_per_s:,.3g} | "
+                         f"{_mib(m.peak_memory_bytes)} | {_mib(m.working_memory_bytes)} |")
+        else:
+            lines.append(f"| {m.label} | {m.resolution} | {m.tokens or '-'} | {scan} | **{m.status.upper()}** | "
+                         f"| | |")
+    comparison = document.get("comparison") or []
+    if comparison:
+        lines += ["", f"{comparison[0]['model']} against the others:", "",
+                  "| res | other | speed-up | peak memory saved | working memory saved |", "|---:|---|---:|---:|---:|"]
+        for row in comparison:
+            if "speedup" in row:
+                working = f"{row['working_memory_saved']:.1%}" if "working_memory_saved" in row else "-"
+                lines.append(f"| {row['resolution']} | {row['other']} | {row['speedup']:.2f}x | "
+                             f"{row['peak_memory_saved']:.1%} | {working} |")
+            else:
+                lines.append(f"| {row['resolution']} | {row['other']} | {row['status'].upper()} vs "
+                             f"{row['other_status'].upper()} | | |")
+    fits = document.get("scaling") or []
+    if fits:
+        lines += ["", "Exponent k of cost ~ tokens^k (all points / the two largest):", "",
+                  "| model | time k | working memory k |", "|---|---:|---:|"]
+        by_label: Dict[str, Dict[str, dict]] = {}
+        for fit in fits:
+            by_label.setdefault(fit["label"], {})[fit["quantity"]] = fit
+
+        def k(fit: Optional[dict]) -> str:
+            return f"{fit['exponent']:.2f} / {fit['last_exponent']:.2f}" if fit and fit["exponent"] is not None else "-"
+
+        for label, pair in by_label.items():
+            lines.append(f"| {label} | {k(pair.get('time'))} | {k(pair.get('memory'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, document: Dict[str, object], measurements: Sequence[Measurement]) -> Path:
+    with atomic_write(path) as tmp:
+        tmp.write_text(format_markdown(document, measurements))
     return Path(path)
 
 
