@@ -205,13 +205,13 @@ def write_csv(path: Path, measurements: Sequence[Measurement], context: Dict[str
 def format_markdown(document: Dict[str, object], measurements: Sequence[Measurement]) -> str:
     """A summary to paste into documentation: the command, the machine, the measurements and the comparison."""
     env, settings = document["environment"], document["settings"]
+    host = (f" (host CPU: {env['cpu_model']}, {env['cpu_count']} cores)" if settings["device"] == "cuda"
+            else f", {env['cpu_count']} cores")
+    threads = settings["threads"] or env["torch_default_threads"]
     lines = [f"Command: `{document['command']}`", "",
-             f"Machine: {env['device_name']}"
-             + (f" (host CPU: {env['cpu_model']}, {env['cpu_count']} cores)" if settings["device"] == "cuda"
-                else f", {env['cpu_count']} cores") + ", "
-             f"torch {env['torch']}, timm {env['timm']}, triton {env['triton']}, vimamba {env['vimamba']} "
-             f"({env.get('vimamba_git') or 'not a git checkout'}), "
-             f"{settings['threads'] or env['torch_default_threads']} thread(s), {env['date_utc']}, load average {env['load_average_start']} at the start and "
+             f"Machine: {env['device_name']}{host}, torch {env['torch']}, timm {env['timm']}, triton {env['triton']}, "
+             f"vimamba {env['vimamba']} ({env.get('vimamba_git') or 'not a git checkout'}), {threads} thread(s), "
+             f"{env['date_utc']}, load average {env['load_average_start']} at the start and "
              f"{env.get('load_average_end')} at the end. Memory: {settings['memory_probe']}.", "",
              "| model | res | tokens | scan | median ms (IQR) | img/s | peak MiB | working MiB |",
              "|---|---:|---:|---|---:|---:|---:|---:|"]
