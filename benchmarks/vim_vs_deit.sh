@@ -3,7 +3,7 @@
 # `vimamba bench`. Results go to runs/bench/<setting>/ (bench.json, bench.csv, bench.png); docs/benchmarks.md
 # quotes them with this command and the machine.
 #
-#   benchmarks/vim_vs_deit.sh cpu    # this machine's CPU (takes ~30 min with the native CPU scan)
+#   benchmarks/vim_vs_deit.sh cpu    # this machine's CPU (~15 min on 2 busy cores with the native CPU scan)
 #   benchmarks/vim_vs_deit.sh cuda   # a CUDA GPU: fp32 (the paper's setting) and bf16, features and training
 set -euo pipefail
 cd "$(dirname "$0")/.."
