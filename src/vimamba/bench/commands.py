@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--check-scaling", action="store_true",
                    help="fit the exponent of time and memory against the number of tokens for each model")
     p.add_argument("--output", default=None, metavar="DIR",
-                   help=f"where bench.json, bench.csv and bench.png go (default: {DEFAULT_OUTPUT}, or with "
+                   help=f"where bench.json, .csv, .md and .png go (default: {DEFAULT_OUTPUT}, or with "
                         "--from-json the folder of that file)")
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="measure nothing: print the tables, rewrite bench.md and redraw bench.png of an earlier "
