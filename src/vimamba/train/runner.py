@@ -11,7 +11,6 @@ Files in the output directory: ``config.json``, ``last.pth`` (every epoch, and o
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -54,7 +53,10 @@ def _loaders(cfg: TrainConfig, spec, pre, dist_info: DistInfo):
     common = dict(num_workers=cfg.workers, pin_memory=dist_info.device.type == "cuda",
                   collate_fn=collate_skipping_unreadable, persistent_workers=cfg.workers > 0,
                   worker_init_fn=ignore_sigint_in_worker if cfg.workers > 0 else None)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **common)
+    # The loader draws its workers' base seed from its own generator (re-seeded every epoch), not from the global
+    # RNG, so the global RNG stream, saved in checkpoints, is the same whether or not a run was resumed.
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                              generator=torch.Generator(), **common)
     val_loader = DataLoader(val_set, batch_size=max(1, int(1.5 * cfg.batch_size)),
                             sampler=ShardedEvalSampler(val_set, dist_info.rank, dist_info.world_size), **common)
     if len(train_loader) < cfg.accum_steps:
@@ -201,6 +203,7 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
             sampler.skip(batches_done * cfg.batch_size)
+            train_loader.generator.manual_seed(cfg.seed + 1_000_003 * (epoch + 1) + dist_info.rank)
             try:
                 result = train_one_epoch(
                     model, train_loader, criterion, optimizer, precision, device=device, epoch=epoch,
