@@ -68,8 +68,29 @@ struct VimScanProblem {
   VimScanDirection dir[2];                // 0: ascending tokens, 1: descending tokens
 };
 
-int vimamba_scan_abi_version() { return 1; }
+// Both depthwise convolutions of the mixer, each followed by SiLU, from the shared input x:
+//     out_f[t] = silu(bias_f + sum_k w_f[k] x[t - (K-1) + k])     (causal: the forward branch)
+//     out_b[t] = silu(bias_b + sum_k w_b[k] x[t + (K-1) - k])     (anti-causal: the flipped sequence's causal conv)
+// with zeros outside the sequence. Backward: dx, and per-batch partial sums of dw and dbias.
+struct VimConvProblem {
+  int64_t batch, length, channels, width, num_threads;
+  const float* x; int64_t x_sb, x_sl;     // (batch, L, E), unit stride over E
+  const float* w[2];                      // (E, K) contiguous, forward / backward branch
+  const float* bias[2];                   // (E,) or null
+  float* out[2];                          // forward: (batch, L, E) contiguous
+  const float* grad[2];                   // backward: (batch, L, E) contiguous, gradients of out
+  float* dx;                              // backward: (batch, L, E) contiguous
+  float* dw[2];                           // backward: (batch, E, K) partial sums
+  float* dbias[2];                        // backward: (batch, E) partial sums, or null
+  float* scratch;                         // backward: (threads, 2, L, VIMAMBA_LANES)
+};
+
+int vimamba_conv_silu_forward(const VimConvProblem* p);
+int vimamba_conv_silu_backward(const VimConvProblem* p);
+
+int vimamba_scan_abi_version() { return 2; }
 int vimamba_scan_max_state() { return 64; }
+int vimamba_conv_max_width() { return 16; }
 int vimamba_scan_lanes() { return VIMAMBA_LANES; }
 int vimamba_scan_forward(const VimScanProblem* p);
 int vimamba_scan_backward(const VimScanProblem* p);
@@ -78,6 +99,7 @@ int vimamba_scan_backward(const VimScanProblem* p);
 namespace {
 
 constexpr int kMaxState = 64;
+constexpr int kMaxWidth = 16;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // SIMD vectors of W floats / int32 (GCC and Clang vector extensions: lowered to SSE/AVX/AVX-512/NEON).
@@ -328,10 +350,86 @@ struct Item {
   }
 };
 
+// One work item of the convolutions: batch element b, channels [e0, e0 + W).
+template <int W>
+struct ConvItem {
+  typedef typename Vec<W>::f V;
+  const VimConvProblem& p;
+  int64_t b, e0;
+
+  template <bool Checked = true>
+  V x_at(int64_t t) const {  // x[t], zero outside the sequence (Checked=false: t is known to be inside)
+    return !Checked || (t >= 0 && t < p.length) ? load<V>(p.x + b * p.x_sb + t * p.x_sl + e0) : splat<V>(0.0f);
+  }
+
+  void taps(int dir, V* w, V& bias) const {
+    const int64_t K = p.width;
+    for (int64_t k = 0; k < K; ++k)
+      for (int l = 0; l < W; ++l) w[k][l] = p.w[dir][(e0 + l) * K + k];
+    bias = p.bias[dir] ? load<V>(p.bias[dir] + e0) : splat<V>(0.0f);
+  }
+
+  // Pre-activation of branch dir at token t: tap k reads x[t - (K-1) + k] (dir 0) or x[t + (K-1) - k] (dir 1).
+  V pre(int dir, const V* w, V bias, int64_t t) const {
+    const int64_t K = p.width;
+    const bool inside = t >= K - 1 && t + K - 1 < p.length;  // no tap falls outside the sequence
+    V acc = bias;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t s = dir == 0 ? t - (K - 1) + k : t + (K - 1) - k;
+      acc += w[k] * (inside ? x_at<false>(s) : x_at(s));
+    }
+    return acc;
+  }
+
+  void forward() const {
+    V w[2][kMaxWidth], bias[2];
+    taps(0, w[0], bias[0]);
+    taps(1, w[1], bias[1]);
+    for (int64_t t = 0; t < p.length; ++t) {
+      const int64_t at = (b * p.length + t) * p.channels + e0;
+      store(p.out[0] + at, silu_fast(pre(0, w[0], bias[0], t)));
+      store(p.out[1] + at, silu_fast(pre(1, w[1], bias[1], t)));
+    }
+  }
+
+  // scratch: 2 * L vectors for the gradients of the pre-activations.
+  void backward(V* scratch) const {
+    const int64_t K = p.width, L = p.length;
+    V w[2][kMaxWidth], bias[2];
+    for (int dir = 0; dir < 2; ++dir) {
+      taps(dir, w[dir], bias[dir]);
+      V dw[kMaxWidth], db = splat<V>(0.0f);
+      for (int64_t k = 0; k < K; ++k) dw[k] = splat<V>(0.0f);
+      V* g_pre = scratch + dir * L;
+      for (int64_t t = 0; t < L; ++t) {
+        const V z = pre(dir, w[dir], bias[dir], t), sg = sigmoid_fast(z);
+        const V g = load<V>(p.grad[dir] + (b * L + t) * p.channels + e0) * sg * (1.0f + z * (1.0f - sg));
+        g_pre[t] = g;
+        db += g;
+        for (int64_t k = 0; k < K; ++k) dw[k] += g * x_at(dir == 0 ? t - (K - 1) + k : t + (K - 1) - k);
+      }
+      for (int l = 0; l < W; ++l) {
+        for (int64_t k = 0; k < K; ++k) p.dw[dir][(b * p.channels + e0 + l) * K + k] = dw[k][l];
+        if (p.dbias[dir]) p.dbias[dir][b * p.channels + e0 + l] = db[l];
+      }
+    }
+    // dx[s] = sum_k w_f[k] g_f[s + (K-1) - k] + w_b[k] g_b[s - (K-1) + k]: the adjoint of each conv is the other one.
+    for (int64_t s = 0; s < L; ++s) {
+      V acc = splat<V>(0.0f);
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t tf = s + (K - 1) - k, tb = s - (K - 1) + k;
+        if (tf < L) acc += w[0][k] * scratch[tf];
+        if (tb >= 0) acc += w[1][k] * scratch[L + tb];
+      }
+      store(p.dx + (b * L + s) * p.channels + e0, acc);
+    }
+  }
+};
+
 // Runs fn(item, thread) for every (batch, channel block): full blocks of VIMAMBA_LANES channels, then single
 // channels for the rest.
-template <typename Fn>
-void for_each_item(const VimScanProblem& p, Fn fn) {
+template <template <int> class Work, typename Problem, typename Fn>
+void for_each_item(const Problem& p, Fn fn) {
   const int64_t full_blocks = p.channels / VIMAMBA_LANES;
   const int64_t per_batch = full_blocks + (p.channels - full_blocks * VIMAMBA_LANES);
   const int64_t items = p.batch * per_batch;
@@ -343,12 +441,16 @@ void for_each_item(const VimScanProblem& p, Fn fn) {
     for (int64_t k = 0; k < items; ++k) {
       const int64_t b = k / per_batch, block = k % per_batch;
       if (block < full_blocks) {
-        fn(Item<VIMAMBA_LANES>{p, b, block * VIMAMBA_LANES}, thread);
+        fn(Work<VIMAMBA_LANES>{p, b, block * VIMAMBA_LANES}, thread);
       } else {
-        fn(Item<1>{p, b, full_blocks * VIMAMBA_LANES + (block - full_blocks)}, thread);
+        fn(Work<1>{p, b, full_blocks * VIMAMBA_LANES + (block - full_blocks)}, thread);
       }
     }
   }
+}
+
+bool valid(const VimConvProblem* p) {
+  return p != nullptr && p->width >= 1 && p->width <= kMaxWidth && p->length >= 0;
 }
 
 bool valid(const VimScanProblem* p) {
@@ -360,7 +462,7 @@ bool valid(const VimScanProblem* p) {
 
 int vimamba_scan_forward(const VimScanProblem* p) {
   if (!valid(p)) return 1;
-  for_each_item(*p, [](auto item, int) { item.forward(0); item.forward(1); });
+  for_each_item<Item>(*p, [](auto item, int) { item.forward(0); item.forward(1); });
   return 0;
 }
 
@@ -372,7 +474,7 @@ int vimamba_scan_backward(const VimScanProblem* p) {
   const int64_t scratch = p->chunk * p->n_state;
   std::vector<std::vector<V>> buffers(std::max<int64_t>(1, p->num_threads));
   for (auto& buffer : buffers) buffer.resize(2 * scratch + 4 * p->chunk);
-  for_each_item(*p, [&](auto item, int thread) {
+  for_each_item<Item>(*p, [&](auto item, int thread) {
     typedef decltype(item) It;
     typedef typename It::V IV;
     V* base = buffers[thread].data();
@@ -382,6 +484,22 @@ int vimamba_scan_backward(const VimScanProblem* p) {
     item.backward(0, h_buf, a_buf, tokens, thread);
     item.backward(1, h_buf, a_buf, tokens, thread);
     if (p->dz != nullptr) item.gate_gradient();
+  });
+  return 0;
+}
+
+int vimamba_conv_silu_forward(const VimConvProblem* p) {
+  if (!valid(p)) return 1;
+  for_each_item<ConvItem>(*p, [](auto item, int) { item.forward(); });
+  return 0;
+}
+
+int vimamba_conv_silu_backward(const VimConvProblem* p) {
+  if (!valid(p)) return 1;
+  typedef Vec<VIMAMBA_LANES>::f V;
+  for_each_item<ConvItem>(*p, [&](auto item, int thread) {
+    typedef typename decltype(item)::V IV;
+    item.backward(reinterpret_cast<IV*>(reinterpret_cast<V*>(p->scratch) + thread * 2 * p->length));
   });
   return 0;
 }
