@@ -163,7 +163,7 @@ def test_interrupted_run_resumes_to_the_same_result(folder, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().out
     summary = run_training(resolve_config({"resume": str(interrupted / "last.pth")}, saved["config"]))
     assert summary["status"] == "finished"
-    assert_same_weights(weights(interrupted / "last.pth"), weights(straight / "last.pth"), atol=1e-6)
+    assert_same_weights(weights(interrupted / "last.pth"), weights(straight / "last.pth"))  # bit for bit
     assert [r["epoch"] for r in records(interrupted)] == [1, 2]
 
 
@@ -195,8 +195,8 @@ def test_sigint_from_outside_stops_a_cli_run_that_then_resumes(folder, tmp_path)
     assert "received SIGINT" in stderr and "vimamba train --resume" in stdout
     saved = load_training_checkpoint(out / "last.pth")
     assert saved["global_step"] == 6 * saved["epoch"] + saved["batch_in_epoch"] and 6 <= saved["global_step"] < 36
-    rc = cli(["train", "--resume", str(out / "last.pth"), "--epochs", "2", "--workers", "0"])
-    assert rc == 0 and load_training_checkpoint(out / "last.pth")["epoch"] == 2
+    rc = cli(["train", "--resume", str(out / "last.pth"), "--epochs", "4", "--workers", "0"])  # a shorter run now
+    assert rc == 0 and load_training_checkpoint(out / "last.pth")["epoch"] == 4
 
 
 # ---------------------------------------------------------------------------------------------------- failures

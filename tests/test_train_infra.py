@@ -81,6 +81,8 @@ def test_recipes_pick_the_official_settings():
     assert resolve_config({}).recipe == "demo" and RECIPES["demo"]["dataset"] == "fashion-mnist"
     saved = resolve_config({"data": "/x", "epochs": 7}).to_dict()
     assert resolve_config({"epochs": 9}, saved=saved).epochs == 9  # resuming: saved config, flags override
+    with pytest.raises(ValueError, match="--finetune"):
+        resolve_config({"embed_dim": 32}, saved=saved)
     with pytest.raises(ValueError, match="--resume continues"):
         resolve_config({"data": "/x", "resume": "a", "finetune": "b"})
 

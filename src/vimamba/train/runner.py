@@ -95,6 +95,9 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
     device = dist_info.device
     out = Path(cfg.output)
     resume = load_training_checkpoint(cfg.resume) if cfg.resume else None
+    if resume is None and not cfg.overwrite and (out / "last.pth").is_file():
+        raise ValueError(f"'{out}' already holds a training run ({out / 'last.pth'}); continue it with --resume "
+                         f"{out / 'last.pth'}, choose another --output, or pass --overwrite to start over there")
 
     # ---- data (rank 0 fetches, the others wait and then find it)
     if dist_info.is_main:
@@ -157,10 +160,12 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
     metrics = MetricsLog(out / "metrics.jsonl")
     start_epoch, batches_done, global_step = 0, 0, 0
     if resume is not None:
-        restore_training_state(resume, model=bare_model, optimizer=optimizer, scheduler=scheduler, scaler=precision,
+        # The schedule is rebuilt from the configuration (so --epochs can extend a run) and positioned by the step.
+        restore_training_state(resume, model=bare_model, optimizer=optimizer, scaler=precision,
                                ema=ema.module if ema is not None else None)
         start_epoch, batches_done = int(resume["epoch"]), int(resume["batch_in_epoch"])
         global_step = int(resume["global_step"])
+        scheduler.step_update(num_updates=global_step)
         manager.best_value = resume.get("best_metric")
         metrics.keep_before(start_epoch + 1)
         where = f"epoch {start_epoch + 1}" + (f", batch {batches_done}/{batches_per_epoch}" if batches_done else "")
