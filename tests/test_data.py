@@ -149,3 +149,12 @@ def test_preprocessing_round_trips_and_validates():
     assert pre.image_mode == "L" and pre.with_size(32).img_size == (32, 32)
     with pytest.raises(ValueError, match="one value per channel"):
         Preprocessing(in_chans=1)
+
+
+def test_data_check_command_lists_unreadable_files(tmp_path, capsys):
+    from vimamba.cli import main
+
+    root = make_image_folder(tmp_path, per_class=(2, 1))
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "broken.png" in out and f"checked {2 * 3 + 1 * 3 + 1} image files" in out and "1 unreadable" in out

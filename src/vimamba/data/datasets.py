@@ -115,20 +115,20 @@ def resolve_dataset(dataset: Optional[str] = None, data_dir: Optional[PathLike] 
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"data directory not found: '{root}'")
-    train_dir = find_split_dir(root, "train")
-    if train_dir is not None:
-        class_to_idx = _folder_classes(train_dir)
-    elif need_train:
+    train_dir, val_dir = find_split_dir(root, "train"), find_split_dir(root, "val")
+    if train_dir is None and need_train:
         raise DataError(f"'{root}' has no train/ folder; expected {root}/train/<class>/<images> and "
                         f"{root}/val/<class>/<images>")
-    else:
-        val_dir = find_split_dir(root, "val") or root
+    if train_dir is not None and val_dir is None:
+        raise DataError(f"'{root}' has no val/ folder to evaluate on; move some images of each class to "
+                        f"{root}/val/<class>/")
+    if train_dir is not None:
+        class_to_idx = _folder_classes(train_dir)
+    else:  # evaluation on a validation folder, or on a bare <class>/<image> folder
+        val_dir = val_dir or root
         if not is_image_folder(val_dir):
             raise DataError(f"'{val_dir}' is not an image folder; expected {val_dir}/<class>/<images>")
         class_to_idx = _folder_classes(val_dir)
-    if need_train and find_split_dir(root, "val") is None:
-        raise DataError(f"'{root}' has no val/ folder to evaluate on; move some images of each class to "
-                        f"{root}/val/<class>/")
     folder_names = sorted(class_to_idx, key=class_to_idx.get)
     is_imagenet = name == "imagenet" or (len(folder_names) == 1000 and all(n.startswith("n") for n in folder_names))
     if is_imagenet:

@@ -29,12 +29,48 @@ PathLike = Union[str, os.PathLike]
 
 
 def progress(iterable: Iterable, *, total: Optional[int] = None, desc: str = "", initial: int = 0,
-             enabled: Optional[bool] = None) -> tqdm:
-    """A tqdm progress bar shown by rank 0 only (``enabled`` overrides)."""
+             enabled: Optional[bool] = None, log_interval: float = 30.0):
+    """A progress bar on rank 0 (silent elsewhere): tqdm on a terminal; in a log file (stderr not a terminal,
+    e.g. a batch job) one plain line every ``log_interval`` seconds instead of carriage-return redraws."""
     enabled = is_main_process() if enabled is None else enabled
-    interactive = sys.stderr.isatty()
+    if enabled and not sys.stderr.isatty():
+        return _LogLines(iterable, total=total, desc=desc, initial=initial, interval=log_interval)
     return tqdm(iterable, total=total, desc=desc, initial=initial, disable=not enabled, dynamic_ncols=True,
-                leave=interactive, mininterval=0.5 if interactive else 30.0, file=sys.stderr)
+                leave=False, mininterval=0.5, file=sys.stderr)
+
+
+class _LogLines:
+    """The part of tqdm's interface the trainer uses, printing ``desc: n/total, postfix, eta`` lines."""
+
+    def __init__(self, iterable: Iterable, *, total: Optional[int], desc: str, initial: int, interval: float):
+        self.iterable, self.total, self.desc, self.n, self.interval = iterable, total, desc, initial, interval
+        self.postfix: Dict[str, str] = {}
+        self.start = self.last = time.perf_counter()
+        self.initial = initial
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.n += 1
+            now = time.perf_counter()
+            if now - self.last >= self.interval:
+                self.last = now
+                self._print(now)
+
+    def _print(self, now: float) -> None:
+        done = self.n - self.initial
+        eta = ""
+        if self.total and done > 0:
+            remaining = (now - self.start) / done * (self.total - self.n)
+            eta = f", eta {int(remaining // 60)}:{int(remaining % 60):02d}"
+        extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        print(f"{self.desc}: {self.n}/{self.total or '?'}{extra}{eta}", file=sys.stderr, flush=True)
+
+    def set_postfix(self, values: Mapping[str, str], refresh: bool = False) -> None:
+        self.postfix = dict(values)
+
+    def close(self) -> None:
+        pass
 
 
 class ProgressStats:

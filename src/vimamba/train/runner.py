@@ -239,7 +239,7 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
             if result.skipped_images or result.skipped_steps:
                 record.update(skipped_images=result.skipped_images, skipped_steps=result.skipped_steps)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                val = evaluate(model, val_loader, device=device, precision=precision, desc="eval")
+                val = evaluate(bare_model, val_loader, device=device, precision=precision, desc="eval")
                 record.update(val_loss=val["loss"], top1=val["top1"], top5=val["top5"])
                 if ema is not None:
                     ema_val = evaluate(ema.module, val_loader, device=device, precision=precision, desc="eval EMA")
