@@ -1,0 +1,262 @@
+"""Training checkpoints that survive crashes, and resuming that continues the same run.
+
+A training checkpoint is one ``torch.save`` dict, written atomically (temporary file + rename, via
+:func:`vimamba.io.atomic_write`), loadable with ``torch.load(weights_only=True)``:
+
+==================  =====================================================================================
+``model``           the model's state_dict (so ``vimamba eval/predict/convert`` and ``read_checkpoint`` use it)
+``model_ema``       the EMA weights, when EMA is on
+``optimizer``       optimizer state; ``scheduler``, ``scaler`` likewise (when present)
+``epoch``           the epoch to continue in (0-based)
+``batch_in_epoch``  batches of that epoch already trained (0 at an epoch boundary; > 0 after an interruption)
+``global_step``     optimizer updates so far: the LR schedule position
+``rng``             the RNG states (python, numpy, torch, CUDA) of every rank, in rank order
+``best_metric``     the best value of the tracked metric so far, and ``metric_name`` / ``metric_mode``
+``config``          the run's configuration (a plain dict), plus whatever the task adds (class names, ...)
+==================  =====================================================================================
+
+:class:`CheckpointManager` writes ``last.pth`` (every call) and ``best.pth`` (when the tracked metric improves) in
+the output directory, refuses to overwrite a good checkpoint with non-finite weights, and reads checkpoints back
+with clear errors. :class:`GracefulInterrupt` turns SIGINT/SIGTERM into a flag the training loop polls, so the
+loop can finish its step, save, and exit; ``--resume last.pth`` then continues where it stopped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import random
+import signal
+import sys
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from ..io import atomic_torch_save, atomic_write
+from .distributed import all_gather_objects, get_rank, get_world_size, is_main_process
+
+__all__ = [
+    "CheckpointManager", "GracefulInterrupt", "capture_rng_state", "restore_rng_state", "load_training_checkpoint",
+    "restore_training_state", "TrainingCheckpointError",
+]
+
+PathLike = Union[str, os.PathLike]
+
+
+class TrainingCheckpointError(RuntimeError):
+    """A training checkpoint that cannot be read or resumed from."""
+
+
+# ---------------------------------------------------------------------------------------------------- RNG states
+def capture_rng_state() -> Dict[str, Any]:
+    """The states of every random number generator a training step draws from, as plain tensors/tuples."""
+    np_state = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put back what :func:`capture_rng_state` captured (CUDA states only where the same GPUs exist)."""
+    random.setstate(_as_tuple(state["python"]))
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(key.numpy() if torch.is_tensor(key) else key, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _as_tuple(value: Any) -> Any:
+    """Lists back to tuples, recursively (random.setstate wants tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def load_training_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Read a training checkpoint written by :class:`CheckpointManager` (on CPU), with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint to resume from not found: '{path}'")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise TrainingCheckpointError(
+            f"could not read '{path}' as a training checkpoint ({type(e).__name__}: {e}). The file may be truncated "
+            "or not a vimamba training checkpoint."
+        ) from e
+    if not isinstance(obj, dict) or "model" not in obj or "global_step" not in obj:
+        keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        raise TrainingCheckpointError(
+            f"'{path}' is not a vimamba training checkpoint (it holds {keys}); to start a new run from its weights "
+            "use --finetune instead of --resume"
+        )
+    return obj
+
+
+def restore_training_state(
+    checkpoint: Mapping[str, Any],
+    *,
+    model: torch.nn.Module,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    ema: Optional[torch.nn.Module] = None,
+    restore_rng: bool = True,
+) -> None:
+    """Load everything a training checkpoint holds into the objects of a new process, so the run continues.
+
+    ``model`` is the bare model (not the DDP wrapper); ``ema`` the EMA *module* (``ModelEmaV3.module``).
+    Each rank restores its own RNG state when the world size is the one the checkpoint was written with.
+    """
+    model.load_state_dict(checkpoint["model"])
+    if ema is not None:
+        if checkpoint.get("model_ema") is not None:
+            ema.load_state_dict(checkpoint["model_ema"])
+        else:  # EMA switched on while resuming: start it from the current weights
+            ema.load_state_dict(checkpoint["model"])
+    if optimizer is not None and checkpoint.get("optimizer") is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None and checkpoint.get("scheduler") is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler is not None and checkpoint.get("scaler") is not None:
+        scaler.load_state_dict(checkpoint["scaler"])
+    rng = checkpoint.get("rng")
+    if restore_rng and rng:
+        rank, world = get_rank(), get_world_size()
+        if len(rng) == world:
+            restore_rng_state(rng[rank])
+        elif is_main_process():
+            print(f"note: the checkpoint was written by {len(rng)} process(es), this run has {world}: random "
+                  "augmentation will not repeat the original run exactly (data order and LR schedule do)",
+                  file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if torch.is_tensor(t) and t.is_floating_point())
+
+
+class CheckpointManager:
+    """Writes ``last.pth`` every time and ``best.pth`` when the tracked metric improves, atomically.
+
+    Every rank calls :meth:`save` (it gathers each rank's RNG state); only rank 0 writes. Example::
+
+        manager = CheckpointManager("runs/exp", metric="top1", mode="max")
+        manager.save(state, metric_value=top1)        # state: model/optimizer/... + epoch/global_step
+    """
+
+    def __init__(self, output_dir: PathLike, *, metric: str = "top1", mode: str = "max",
+                 last_name: str = "last.pth", best_name: str = "best.pth", best_value: Optional[float] = None):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.output_dir = Path(output_dir)
+        self.metric, self.mode = metric, mode
+        self.last_path = self.output_dir / last_name
+        self.best_path = self.output_dir / best_name
+        self.best_value = best_value
+
+    def is_better(self, value: Optional[float]) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.mode == "max" else value < self.best_value
+
+    def save(self, state: Dict[str, Any], *, metric_value: Optional[float] = None) -> List[Path]:
+        """Write ``state`` (plus RNG states and best-metric bookkeeping) to ``last``, and to ``best`` if improved.
+
+        Returns the paths written (empty on ranks other than 0). A state whose model weights are not all finite is
+        refused (the previous checkpoint stays) with a :class:`TrainingCheckpointError`.
+        """
+        rng = all_gather_objects(capture_rng_state())  # collective: every rank must call save()
+        improved = self.is_better(metric_value)
+        if improved:
+            self.best_value = float(metric_value)  # type: ignore[arg-type]
+        if not is_main_process():
+            return []
+        model_state = state.get("model") or {}
+        if not _all_finite(model_state.values()):
+            raise TrainingCheckpointError(
+                f"refusing to overwrite '{self.last_path}': the model weights contain NaN/inf values; the previous "
+                "checkpoint is intact"
+            )
+        payload = dict(state)
+        payload.update(rng=rng, best_metric=self.best_value, metric_name=self.metric, metric_mode=self.mode)
+        written = [atomic_torch_save(payload, self.last_path)]
+        if improved:
+            self._link_or_copy(self.last_path, self.best_path)
+            written.append(self.best_path)
+        return written
+
+    @staticmethod
+    def _link_or_copy(source: Path, target: Path) -> None:
+        """Make ``target`` hold the same bytes as ``source``: a hard link where possible (no second write)."""
+        with atomic_write(target) as tmp:
+            try:
+                tmp.unlink()
+                os.link(source, tmp)
+            except OSError:
+                import shutil
+
+                shutil.copyfile(source, tmp)
+
+
+# ---------------------------------------------------------------------------------------------------- signals
+class GracefulInterrupt:
+    """While active, SIGINT (Ctrl-C) and SIGTERM set :attr:`requested` instead of killing the process.
+
+    The training loop polls ``interrupt.requested`` after each step; when set it saves a checkpoint and leaves.
+    A second signal restores the default behaviour and re-delivers the signal: Ctrl-C twice quits at once.
+    Outside the main thread (where Python cannot install handlers) it does nothing.
+    """
+
+    def __init__(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM), message: bool = True):
+        self.signals = tuple(signals)
+        self.message = message
+        self.requested: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention for death by signal: 128 + signal number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + int(self.requested) if self.requested else 0
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.requested).name if self.requested else ""
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:  # second signal: give up waiting
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.requested = signum
+        if self.message and is_main_process():
+            print(f"\nreceived {signal.Signals(signum).name}: finishing the current step, saving a checkpoint, then "
+                  "exiting (send it again to quit at once)", file=sys.stderr, flush=True)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> "GracefulInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
