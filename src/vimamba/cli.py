@@ -9,6 +9,7 @@ from typing import List, Optional
 # Modules with a ``register(subparsers)`` function, in the order their commands appear in ``vimamba --help``.
 COMMAND_MODULES = [
     "vimamba.models.commands",  # models, info, convert
+    "vimamba.dense.commands",  # segment, detect
 ]
 
 
