@@ -53,7 +53,8 @@ class DetectorConfig:
     mask_head_convs: int = 4
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
-    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000  # proposals kept per image
+    rpn_post_nms_top_n_test: int = 1000
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     detections_per_img: int = 100
@@ -129,7 +130,7 @@ def build_detector(cfg: DetectorConfig, pretrained=None) -> nn.Module:
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(channels, len(cfg.aspect_ratios), conv_depth=cfg.rpn_convs),
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
         box_roi_pool=MultiScaleRoIAlign(roi_levels, output_size=7, sampling_ratio=0),
         box_head=FastRCNNConvFCHead((channels, 7, 7), [cfg.head_channels] * cfg.box_head_convs, [cfg.box_fc],
                                     norm_layer=norm),
