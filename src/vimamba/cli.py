@@ -9,6 +9,8 @@ from typing import List, Optional
 # Modules with a ``register(subparsers)`` function, in the order their commands appear in ``vimamba --help``.
 COMMAND_MODULES = [
     "vimamba.models.commands",  # models, info, convert
+    "vimamba.train.commands",  # train, eval, predict
+    "vimamba.data.commands",  # data fashion-mnist | cifar10 | check
     "vimamba.dense.commands",  # segment, detect
 ]
 

@@ -37,6 +37,7 @@ __all__ = [
     "clean_state_dict",
     "CONFIG_KEY",
     "CLASS_NAMES_KEY",
+    "PREPROCESSING_KEY",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -44,6 +45,7 @@ PathLike = Union[str, os.PathLike]
 # Keys vimamba writes next to the weights (in .pth dicts and in .safetensors metadata).
 CONFIG_KEY = "vimamba_config"
 CLASS_NAMES_KEY = "class_names"
+PREPROCESSING_KEY = "preprocessing"  # how inputs are prepared (size, channels, mean/std, crop), a plain dict
 ARCH_KEY = "arch"
 
 # Containers in which training scripts store weights, in order of preference for weights="auto".
@@ -63,6 +65,7 @@ class Checkpoint:
     config: Optional[dict] = None  # VimConfig fields, when written by vimamba
     class_names: Optional[List[str]] = None
     arch: Optional[str] = None  # registered model name, when known
+    preprocessing: Optional[dict] = None  # input preparation saved with the weights (vimamba.data.Preprocessing)
     weights_key: str = "(bare state_dict)"  # where in the file the weights came from
     path: Optional[Path] = None
 
@@ -154,6 +157,7 @@ def read_checkpoint(path: PathLike, weights: str = "auto", trust_pickle: bool = 
             config=json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None,
             class_names=json.loads(metadata[CLASS_NAMES_KEY]) if CLASS_NAMES_KEY in metadata else None,
             arch=metadata.get(ARCH_KEY),
+            preprocessing=json.loads(metadata[PREPROCESSING_KEY]) if PREPROCESSING_KEY in metadata else None,
             weights_key="safetensors",
             path=path,
         )
@@ -184,6 +188,7 @@ def read_checkpoint(path: PathLike, weights: str = "auto", trust_pickle: bool = 
         config=dict(config) if isinstance(config, dict) else None,
         class_names=list(obj[CLASS_NAMES_KEY]) if obj.get(CLASS_NAMES_KEY) is not None else None,
         arch=obj.get(ARCH_KEY) if isinstance(obj.get(ARCH_KEY), str) else None,
+        preprocessing=dict(obj[PREPROCESSING_KEY]) if isinstance(obj.get(PREPROCESSING_KEY), dict) else None,
         weights_key=f"'{key}'",
         path=path,
     )
@@ -367,8 +372,9 @@ def save_weights(
     class_names: Optional[Sequence[str]] = None,
     arch: Optional[str] = None,
     state_dict: Optional[Dict[str, torch.Tensor]] = None,
+    preprocessing: Optional[dict] = None,
 ) -> Path:
-    """Write the model's weights (or ``state_dict``) with its config and class names, atomically.
+    """Write the model's weights (or ``state_dict``) with its config, class names and preprocessing, atomically.
 
     ``.safetensors`` -> a safetensors file whose metadata holds the config and class names as JSON;
     anything else -> a torch file ``{"model": state_dict, "vimamba_config": ..., "class_names": ..., "arch": ...}``
@@ -395,6 +401,8 @@ def save_weights(
                 metadata[CLASS_NAMES_KEY] = json.dumps(list(class_names))
             if arch:
                 metadata[ARCH_KEY] = arch
+            if preprocessing is not None:
+                metadata[PREPROCESSING_KEY] = json.dumps(preprocessing)
             save_file(state_dict, str(tmp), metadata=metadata)
         else:
             payload = {"model": state_dict}
@@ -404,5 +412,7 @@ def save_weights(
                 payload[CLASS_NAMES_KEY] = list(class_names)
             if arch:
                 payload[ARCH_KEY] = arch
+            if preprocessing is not None:
+                payload[PREPROCESSING_KEY] = dict(preprocessing)
             torch.save(payload, tmp)
     return path

@@ -139,6 +139,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: PathLike, *, loss_ke
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no global backend switch
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not records:
         return None
@@ -158,6 +159,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: PathLike, *, loss_ke
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(x_key)
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)

@@ -1,0 +1,234 @@
+"""The configuration of a classification training run, and the recipes that set it per model variant.
+
+Every field of :class:`TrainConfig` is a ``vimamba train`` flag (the field's metadata holds its flag name, help and
+group; :mod:`vimamba.train.commands` builds the parser from it). A value is decided, last one wins, by:
+
+1. the field default (the DeiT / Vim ``main.py`` defaults, the ImageNet recipe),
+2. the recipe (``--recipe``; ``auto`` picks it from the model name, see :data:`RECIPES`),
+3. the flags given on the command line (and, when resuming, the configuration saved in the checkpoint comes
+   before the flags).
+
+Learning rates are per 512 images and scaled by the global batch unless ``--unscale-lr``: the official recipe.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Dict, Optional, Tuple
+
+__all__ = ["TrainConfig", "RECIPES", "RECIPE_NOTES", "pick_recipe", "resolve_config", "ARCH_FIELDS"]
+
+
+def _f(default: Any, help: str, group: str, flag: Optional[str] = None, choices=None, metavar=None):
+    return field(default=default, metadata=dict(help=help, group=group, flag=flag, choices=choices, metavar=metavar))
+
+
+@dataclass
+class TrainConfig:
+    # --------------------------------------------------------------------------------------------- data
+    data: Optional[str] = _f(None, "image folder with train/<class>/* and val/<class>/* (ImageNet layout); with "
+                             "--dataset, where that dataset lives", "data", metavar="DIR")
+    dataset: Optional[str] = _f(None, "a named dataset instead of a folder (fashion-mnist and cifar10 are fetched "
+                                "when missing); with neither --data nor --dataset: the Fashion-MNIST demo", "data",
+                                choices=("fashion-mnist", "cifar10", "imagenet"))
+    strict_data: bool = _f(False, "stop on an unreadable image instead of skipping it (skipped files are named and "
+                           "counted)", "data")
+    workers: int = _f(4, "data-loading worker processes per training process (0: load in the main process)", "data")
+    # --------------------------------------------------------------------------------------------- model
+    model: str = _f("vim_tiny_patch16_224", "a vimamba model (`vimamba models`) or a timm model name such as "
+                    "deit_tiny_patch16_224 (the size flags below apply to both)", "model", metavar="NAME")
+    img_size: Optional[int] = _f(None, "input resolution (default: the dataset's native size: 224 for folders/"
+                                 "ImageNet, 28 Fashion-MNIST, 32 CIFAR-10)", "model", metavar="S")
+    patch_size: Optional[int] = _f(None, "patch size (default: the model's, 16)", "model")
+    stride: Optional[int] = _f(None, "patch stride, Vim only (default: the model's; 8 for the '+' long-sequence "
+                               "models)", "model")
+    embed_dim: Optional[int] = _f(None, "embedding width (default: the model's)", "model")
+    depth: Optional[int] = _f(None, "number of blocks (default: the model's)", "model")
+    d_state: Optional[int] = _f(None, "SSM state size N, Vim only (default: the model's, 16)", "model")
+    num_heads: Optional[int] = _f(None, "attention heads, timm ViT/DeiT only (default: the model's)", "model")
+    drop_path: float = _f(0.1, "stochastic depth rate", "model")
+    drop: float = _f(0.0, "dropout rate (Vim: after the position embedding)", "model")
+    finetune: Optional[str] = _f(None, "start from these weights (a new run: fresh optimizer and schedule; another "
+                                 "class count gets a new head; position embeddings are resized, e.g. stride 16 -> 8)",
+                                 "model", metavar="CKPT")
+    grad_checkpointing: bool = _f(False, "recompute block activations in backward (less memory, ~30% slower)",
+                                  "model")
+    # --------------------------------------------------------------------------------------------- schedule
+    epochs: int = _f(300, "training epochs", "schedule")
+    batch_size: int = _f(64, "images per process per step (global batch = this x processes x --accum-steps)",
+                         "schedule", metavar="B")
+    accum_steps: int = _f(1, "gradient accumulation: micro-batches per optimizer step", "schedule")
+    lr: float = _f(5e-4, "peak learning rate per 512 images (scaled by global batch / 512 unless --unscale-lr)",
+                   "schedule", metavar="LR")
+    unscale_lr: bool = _f(False, "use --lr as given, without the global-batch scaling", "schedule")
+    min_lr: float = _f(1e-5, "final learning rate of the cosine schedule (not scaled)", "schedule")
+    warmup_lr: float = _f(1e-6, "learning rate at the start of the warmup (not scaled)", "schedule")
+    warmup_epochs: float = _f(5.0, "linear warmup length in epochs (stepped per iteration)", "schedule")
+    sched: str = _f("cosine", "learning-rate schedule (timm scheduler name)", "schedule",
+                    choices=("cosine", "step", "multistep", "plateau", "tanh", "poly", "const"))
+    # --------------------------------------------------------------------------------------------- optimizer
+    opt: str = _f("adamw", "optimizer (timm name: adamw, sgd, lamb, lion, ...)", "optimizer")
+    opt_eps: float = _f(1e-8, "optimizer epsilon", "optimizer")
+    opt_betas: Optional[Tuple[float, float]] = _f(None, "optimizer betas (default: the optimizer's, 0.9 0.999)",
+                                                   "optimizer")
+    momentum: float = _f(0.9, "SGD momentum", "optimizer")
+    weight_decay: float = _f(0.05, "weight decay (never on 1-D parameters, biases, pos_embed, cls_token)",
+                             "optimizer")
+    decay_ssm: bool = _f(True, "weight decay on the 2-D SSM matrices A_log/A_b_log, as the official recipe does; "
+                         "--no-decay-ssm exempts them too", "optimizer")
+    layer_decay: Optional[float] = _f(None, "layer-wise learning-rate decay factor, e.g. 0.75 for fine-tuning "
+                                      "(default: off)", "optimizer")
+    clip_grad: Optional[float] = _f(None, "clip the global gradient norm to this (default: off, as official)",
+                                    "optimizer")
+    # --------------------------------------------------------------------------------------------- augmentation
+    aa: Optional[str] = _f("rand-m9-mstd0.5-inc1", "RandAugment policy (timm syntax); 'none' turns it off",
+                           "augmentation")
+    color_jitter: float = _f(0.3, "colour jitter strength (only when --aa is off)", "augmentation")
+    scale: Tuple[float, float] = _f((0.08, 1.0), "random-resized-crop area range", "augmentation")
+    ratio: Tuple[float, float] = _f((3 / 4, 4 / 3), "random-resized-crop aspect-ratio range", "augmentation")
+    hflip: float = _f(0.5, "horizontal flip probability", "augmentation")
+    train_interpolation: str = _f("bicubic", "resize interpolation for training crops", "augmentation",
+                                  choices=("bicubic", "bilinear", "nearest", "random"))
+    reprob: float = _f(0.25, "random erasing probability", "augmentation")
+    remode: str = _f("pixel", "random erasing fill", "augmentation", choices=("pixel", "rand", "const"))
+    recount: int = _f(1, "random erasing count", "augmentation")
+    repeated_aug: bool = _f(True, "repeated augmentation (3 augmented copies of each image per epoch across "
+                            "processes; distributed runs only)", "augmentation")
+    smoothing: float = _f(0.1, "label smoothing", "augmentation")
+    mixup: float = _f(0.8, "mixup alpha (0: off)", "augmentation")
+    cutmix: float = _f(1.0, "cutmix alpha (0: off)", "augmentation")
+    mixup_prob: float = _f(1.0, "probability of mixing a batch", "augmentation")
+    mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup when both are on", "augmentation")
+    mixup_mode: str = _f("batch", "mixup granularity", "augmentation", choices=("batch", "pair", "elem"))
+    # --------------------------------------------------------------------------------------------- EMA, precision
+    model_ema: bool = _f(True, "keep an exponential moving average of the weights (evaluated every epoch)", "ema")
+    model_ema_decay: float = _f(0.99996, "EMA decay per optimizer step", "ema")
+    model_ema_warmup: bool = _f(False, "ramp the EMA decay up over the first steps (for short runs)", "ema")
+    amp: str = _f("off", "mixed precision: bf16 (autocast, SSM state in float32), fp16 (with loss scaling), or off "
+                  "(float32, the official setting)", "precision", choices=("off", "bf16", "fp16"))
+    max_bad_steps: int = _f(20, "stop after this many optimizer steps in a row with a NaN/inf loss or gradient "
+                            "(each is skipped)", "precision")
+    # --------------------------------------------------------------------------------------------- run
+    output: str = _f("runs/train", "output directory: last.pth, best.pth, metrics.jsonl, curves.png, summary.json",
+                     "run", metavar="DIR")
+    resume: Optional[str] = _f(None, "continue the run saved in this checkpoint (same schedule position and data "
+                               "order); its configuration is reused, flags given here override it", "run",
+                               metavar="CKPT")
+    best_metric: str = _f("top1", "metric that selects best.pth", "run", choices=("top1", "ema_top1"))
+    eval_every: int = _f(1, "evaluate every N epochs (and always after the last)", "run")
+    export: bool = _f(True, "at the end, export the best weights as model.safetensors with class names (Vim "
+                      "models)", "run")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps (under torchrun: one GPU per process)", "run")
+    seed: int = _f(0, "random seed", "run")
+    recipe: str = _f("auto", "named set of defaults (see the list below); auto picks it from the model and data",
+                     "run")
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        for key, value in d.items():
+            if isinstance(value, tuple):
+                d[key] = list(value)
+        return d
+
+    @classmethod
+    def field_defaults(cls) -> Dict[str, Any]:
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+# Fields that define the network (they must match between a checkpoint and the model built to resume it).
+ARCH_FIELDS = ("model", "img_size", "patch_size", "stride", "embed_dim", "depth", "d_state", "num_heads")
+
+# The demo: a ~0.5M-parameter Vim (patch 4 on 28x28: 49 patches + class token) on Fashion-MNIST, on CPU.
+_DEMO = dict(
+    dataset="fashion-mnist", model="vim_tiny_patch16_224", patch_size=4, stride=4, embed_dim=96, depth=6,
+    epochs=8, batch_size=128, lr=2e-3, warmup_lr=1e-5, warmup_epochs=1.0, drop_path=0.0, aa=None,
+    scale=(0.6, 1.0), ratio=(0.8, 1.25), train_interpolation="bilinear", mixup=0.0, cutmix=0.0, model_ema=False,
+    repeated_aug=False, workers=1,
+    output="runs/fashion-mnist-demo",
+)
+
+RECIPES: Dict[str, Dict[str, Any]] = {
+    # DeiT / Vim main.py defaults = the TrainConfig defaults
+    "deit": {},
+    # scripts/pt-vim-t.sh: 8 GPUs x 128, lr 5e-4 per 512 (-> 1e-3), wd 0.1, no drop path, fp32
+    "vim_tiny": dict(batch_size=128, lr=5e-4, weight_decay=0.1, drop_path=0.0),
+    # scripts/pt-vim-s.sh: 8 GPUs x 64, lr 1e-3 at 512, wd 0.05, drop path 0.05
+    "vim_small": dict(batch_size=64, lr=1e-3, weight_decay=0.05, drop_path=0.05),
+    # no official script: main.py defaults (unverified for Vim-B)
+    "vim_base": dict(batch_size=64, lr=5e-4, weight_decay=0.05, drop_path=0.1),
+    # scripts/ft-vim-{t,s}.sh: stride-8 long-sequence fine-tuning, 30 epochs at an effectively constant 1e-5
+    "vim_ft_stride8": dict(epochs=30, batch_size=128, lr=5e-6, min_lr=1e-5, warmup_lr=1e-5, weight_decay=1e-8,
+                           drop_path=0.0),
+    "demo": _DEMO,
+}
+RECIPE_NOTES = {
+    "deit": "DeiT/Vim main.py defaults",
+    "vim_tiny": "official Vim-Ti pre-training (scripts/pt-vim-t.sh): 76.1 top-1 with 8x128 images per step",
+    "vim_small": "official Vim-S pre-training (scripts/pt-vim-s.sh): 80.5 top-1 with 8x64 images per step",
+    "vim_base": "Vim-B: no official script; main.py defaults (81.9 top-1 reported, recipe unpublished)",
+    "vim_ft_stride8": "official '+' stride-8 fine-tuning (scripts/ft-vim-*.sh): 78.3 (Ti+) / 81.6 (S+) top-1",
+    "demo": "Fashion-MNIST on CPU: a 0.5M-parameter Vim, ~10 minutes with the fast CPU scan",
+}
+
+
+def pick_recipe(model: str, *, finetune: bool, demo: bool, stride: Optional[int] = None) -> str:
+    """The recipe ``--recipe auto`` means for this model and run."""
+    if demo:
+        return "demo"
+    name = model.lower()
+    stride8 = "stride8" in name or stride == 8
+    if finetune and stride8 and name.startswith(("vim_tiny", "vim_small")):
+        return "vim_ft_stride8"
+    for prefix in ("vim_tiny", "vim_small", "vim_base"):
+        if name.startswith(prefix):
+            return prefix
+    return "deit"
+
+
+def resolve_config(explicit: Dict[str, Any], saved: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """Build the run's configuration from the flags given (``explicit``) and, when resuming, the saved one."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(explicit) - known)
+    if unknown:
+        raise ValueError(f"unknown training options {unknown}")
+    if saved is not None:
+        base = {k: v for k, v in saved.items() if k in known}
+        values = {**base, **explicit}
+        return _make(values)
+    demo = explicit.get("data") is None and explicit.get("dataset") is None
+    recipe = explicit.get("recipe", "auto")
+    if recipe == "auto":
+        recipe = pick_recipe(explicit.get("model", "" if demo else TrainConfig.model), finetune=bool(
+            explicit.get("finetune")), demo=demo, stride=explicit.get("stride"))
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)} or auto")
+    values = {**TrainConfig.field_defaults(), **RECIPES[recipe], **explicit, "recipe": recipe}
+    return _make(values)
+
+
+def _make(values: Dict[str, Any]) -> TrainConfig:
+    for key in ("scale", "ratio", "opt_betas"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    if isinstance(values.get("aa"), str) and values["aa"].lower() in ("", "none", "off"):
+        values["aa"] = None
+    cfg = TrainConfig(**values)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
+        (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+        (cfg.accum_steps >= 1, f"--accum-steps must be >= 1, got {cfg.accum_steps}"),
+        (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
+        (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
+        (0 <= cfg.drop_path < 1, f"--drop-path must be in [0, 1), got {cfg.drop_path}"),
+        (cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}"),
+        (cfg.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {cfg.max_bad_steps}"),
+        (cfg.img_size is None or cfg.img_size >= 1, f"--img-size must be positive, got {cfg.img_size}"),
+        (not (cfg.resume and cfg.finetune), "--resume continues a run, --finetune starts a new one: give one"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)

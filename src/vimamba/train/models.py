@@ -1,0 +1,166 @@
+"""Classifiers for training and inference: vimamba's Vim models and timm models (DeiT) behind one factory.
+
+A *model spec* ``{"family": "vim"|"timm", "name": ..., "kwargs": {...}}`` says how to build a network; training
+checkpoints store it, so ``vimamba eval`` / ``predict`` rebuild exactly what was trained, DeiT included. Vim
+weights from anywhere else (official ``.pth`` files, ``vimamba convert`` / exported ``.safetensors``) are built
+from the architecture stored in or inferred from the file (:func:`vimamba.models.registry.load_model`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ..data.transforms import Preprocessing
+from ..models.checkpoint import CLASS_NAMES_KEY, PREPROCESSING_KEY, CheckpointError, read_checkpoint
+from ..models.registry import create_model, list_models, load_model, model_config, resolve_name
+
+__all__ = ["create_classifier", "build_from_spec", "LoadedClassifier", "load_classifier", "count_parameters",
+           "is_vim_model", "MODEL_SPEC_KEY", "PREPROCESSING_KEY"]
+
+MODEL_SPEC_KEY = "model_spec"  # training checkpoints: how to rebuild the network (Vim or timm)
+PathLike = Union[str, os.PathLike]
+
+# Size arguments and the keyword each family calls them.
+_VIM_KWARGS = {"img_size": "img_size", "patch_size": "patch_size", "stride": "stride", "embed_dim": "embed_dim",
+               "depth": "depth", "d_state": "d_state", "in_chans": "in_chans", "num_classes": "num_classes",
+               "drop_path": "drop_path_rate", "drop": "drop_rate"}
+_TIMM_KWARGS = {"img_size": "img_size", "patch_size": "patch_size", "embed_dim": "embed_dim", "depth": "depth",
+                "num_heads": "num_heads", "in_chans": "in_chans", "num_classes": "num_classes",
+                "drop_path": "drop_path_rate", "drop": "drop_rate"}
+# Overrides that change the network's shape (a model named vim_tiny_... with embed_dim=96 is no longer Vim-Ti).
+_SHAPE_ARGS = ("patch_size", "stride", "embed_dim", "depth", "d_state", "num_heads", "in_chans")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def is_vim_model(name: str) -> bool:
+    try:
+        resolve_name(name)
+        return True
+    except KeyError:
+        return False
+
+
+def create_classifier(name: str, **sizes: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build a Vim (vimamba registry) or timm model with size overrides; returns ``(model, model_spec)``.
+
+    ``sizes`` keys: img_size, patch_size, stride (Vim), embed_dim, depth, d_state (Vim), num_heads (timm),
+    in_chans, num_classes, drop_path, drop. ``None`` values keep the model's own.
+    """
+    sizes = {k: v for k, v in sizes.items() if v is not None}
+    if is_vim_model(name):
+        if "num_heads" in sizes:
+            raise ValueError(f"{name} is a Vision Mamba: it has no attention heads (--num-heads)")
+        canonical = resolve_name(name)
+        if "patch_size" in sizes and "stride" not in sizes:
+            # keep the model's overlap: non-overlapping patches stay non-overlapping (stride = patch)
+            base = model_config(canonical)
+            sizes["stride"] = sizes["patch_size"] if base.stride == base.patch_size else min(base.stride,
+                                                                                             sizes["patch_size"])
+        kwargs = {_VIM_KWARGS[k]: v for k, v in sizes.items()}
+        model = create_model(canonical, **kwargs)
+        if any(k in sizes for k in _SHAPE_ARGS if k != "in_chans"):
+            model.arch = None  # a custom architecture: do not label it as the registered variant
+        return model, {"family": "vim", "name": canonical, "kwargs": kwargs}
+
+    import timm
+
+    if not timm.is_model(name):
+        close = list_models(f"*{name.split('_')[0]}*")[:5] or timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        raise ValueError(f"unknown model {name!r}: neither a vimamba model (`vimamba models`) nor a timm model"
+                         + (f"; similar: {close}" if close else ""))
+    stride = sizes.pop("stride", None)
+    if stride is not None and stride != sizes.get("patch_size", stride):
+        raise ValueError(f"--stride applies to Vim models only ({name} uses non-overlapping patches)")
+    if "d_state" in sizes:
+        raise ValueError(f"--d-state applies to Vim models only, not {name}")
+    kwargs = {_TIMM_KWARGS[k]: v for k, v in sizes.items()}
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"timm model {name} does not take these options {sorted(kwargs)}: {e}") from e
+    return model, {"family": "timm", "name": name, "kwargs": kwargs}
+
+
+def build_from_spec(spec: Dict[str, Any]) -> nn.Module:
+    """Rebuild the network a model spec describes (random weights)."""
+    if spec.get("family") == "vim":
+        return create_model(spec["name"], **spec.get("kwargs", {}))
+    if spec.get("family") == "timm":
+        import timm
+
+        return timm.create_model(spec["name"], pretrained=False, **spec.get("kwargs", {}))
+    raise CheckpointError(f"unknown model spec {spec!r}")
+
+
+@dataclass
+class LoadedClassifier:
+    """A model ready for inference, with how to prepare its inputs and what its outputs mean."""
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    class_names: Optional[List[str]]
+    description: str  # what was loaded, for messages
+
+
+def _default_preprocessing(model: nn.Module) -> Preprocessing:
+    """The official Vim evaluation preprocessing at the model's native size (resize /0.875 bicubic, crop, ImageNet
+    mean/std; for 1-channel models the mean/std of the three ImageNet channels averaged)."""
+    cfg = getattr(model, "cfg", None)
+    img_size = tuple(cfg.img_size) if cfg is not None else (224, 224)
+    in_chans = cfg.in_chans if cfg is not None else 3
+    pre = Preprocessing(img_size=img_size)
+    if in_chans != 3:
+        mean, std = sum(pre.mean) / 3, sum(pre.std) / 3
+        pre = Preprocessing(img_size=img_size, in_chans=in_chans, mean=(mean,) * in_chans, std=(std,) * in_chans)
+    return pre
+
+
+def _peek_training_checkpoint(path: Path) -> Optional[Dict[str, Any]]:
+    """The dict of a vimamba training checkpoint holding a model spec (None for any other file)."""
+    if path.suffix == ".safetensors":
+        return None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+        return None  # read_checkpoint will explain
+    return obj if isinstance(obj, dict) and MODEL_SPEC_KEY in obj else None
+
+
+def load_classifier(path: PathLike, *, weights: str = "auto", trust_pickle: bool = False) -> LoadedClassifier:
+    """Load any classifier checkpoint vimamba knows: training checkpoints (Vim or timm), exported weights, official
+    Vim ``.pth`` files. ``weights``: "auto"/"model" (trained weights) or "ema"."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: '{path}'")
+    ckpt = _peek_training_checkpoint(path)
+    if ckpt is not None:
+        key = "model_ema" if weights == "ema" else "model"
+        if ckpt.get(key) is None:
+            raise CheckpointError(f"'{path}' has no {'EMA ' if key == 'model_ema' else ''}weights ('{key}')")
+        model = build_from_spec(ckpt[MODEL_SPEC_KEY])
+        try:
+            model.load_state_dict(ckpt[key])
+        except RuntimeError as e:
+            raise CheckpointError(f"the weights in '{path}' do not fit the model it describes: {e}") from e
+        pre = ckpt.get(PREPROCESSING_KEY)
+        return LoadedClassifier(
+            model=model, preprocessing=Preprocessing.from_dict(pre) if pre else _default_preprocessing(model),
+            class_names=ckpt.get(CLASS_NAMES_KEY), description=f"'{path}' ({ckpt[MODEL_SPEC_KEY]['name']}, {key})")
+    checkpoint = read_checkpoint(path, weights=weights, trust_pickle=trust_pickle)
+    model = load_model(checkpoint)
+    pre = checkpoint.preprocessing
+    return LoadedClassifier(model=model, preprocessing=Preprocessing.from_dict(pre) if pre else
+                            _default_preprocessing(model), class_names=checkpoint.class_names,
+                            description=checkpoint.describe())
