@@ -138,8 +138,8 @@ class SimpleFeaturePyramid(nn.Module):
         if not steps.is_integer():
             raise ValueError(f"pyramid stride {stride} is not the backbone stride {in_stride} times a power of two")
         steps = int(steps)
-        if ratio < 1:  # downsample by 2x2 max-pooling
-            return nn.Sequential(*[nn.MaxPool2d(2, 2) for _ in range(steps)])
+        if ratio < 1:  # downsample by 2x2 max-pooling (ceil mode: a size of ceil(n / 2), odd grids lose no row)
+            return nn.Sequential(*[nn.MaxPool2d(2, 2, ceil_mode=True) for _ in range(steps)])
         layers: List[nn.Module] = []
         for k in range(steps):  # upsample by 2x2 stride-2 transposed convs, norm + GELU between them
             if k > 0:
@@ -259,6 +259,7 @@ def build_backbone(cfg: BackboneConfig, pretrained: Union[None, str, os.PathLike
     overrides = {k: v for k, v in cfg.vim.items() if k != "num_classes"}
     unknown = set(overrides) - {f.name for f in fields(VimConfig)}
     if unknown:
-        raise ValueError(f"unknown Vim settings {sorted(unknown)}; a Vim takes {sorted(f.name for f in fields(VimConfig))}")
+        known = sorted(f.name for f in fields(VimConfig))
+        raise ValueError(f"unknown Vim settings {sorted(unknown)}; a Vim takes {known}")
     vim = create_model(cfg.model, pretrained=pretrained or None, num_classes=0, **overrides)
     return VimBackbone(vim, cfg)

@@ -7,7 +7,7 @@ checked when the dataset is opened; problems are reported by annotation id, imag
   width or height, a box outside its image by more than ``box_tolerance`` pixels, a malformed ``segmentation``
   (masks on), an image file that is missing or empty.
 
-With ``on_invalid="error"`` (default) any of these raises :class:`~vimamba.dense.errors.DatasetError` listing them;
+With ``on_invalid="error"`` (default) any of these raises :class:`~vimamba.data.images.DataError` listing them;
 with ``on_invalid="skip"`` the offending annotations (and missing images) are left out and counted in
 :attr:`CocoDetection.report`. Nothing is dropped without a count. Boxes that overshoot the image by less than the
 tolerance (COCO's own rounding) are clipped, and counted too.
@@ -27,6 +27,7 @@ import contextlib
 import io
 import json
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +39,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
-from .errors import DatasetError, list_examples
-from .seg_data import read_rgb
+from ..data.images import DataError
+from .files import list_examples, read_rgb
 
 __all__ = ["CocoDetection", "AnnotationReport", "detection_train_transform", "collate_detection"]
 
@@ -81,20 +82,20 @@ class AnnotationReport:
 
 def _load_json(path: Path) -> dict:
     if not path.is_file():
-        raise DatasetError(f"annotation file not found: '{path}'")
+        raise DataError(f"annotation file not found: '{path}'")
     try:
         with open(path) as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"'{path}' is not valid JSON: {e}") from e
+        raise DataError(f"'{path}' is not valid JSON: {e}") from e
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)] \
         if isinstance(data, dict) else ["images", "annotations", "categories"]
     if missing:
-        raise DatasetError(f"'{path}' is not a COCO annotation file: it lacks the list(s) {missing}")
+        raise DataError(f"'{path}' is not a COCO annotation file: it lacks the list(s) {missing}")
     for kind, keys in (("images", ("id", "file_name", "width", "height")), ("categories", ("id", "name"))):
         for entry in data[kind]:
             if not isinstance(entry, dict) or any(k not in entry for k in keys):
-                raise DatasetError(f"'{path}': an entry of '{kind}' lacks one of {list(keys)}: {str(entry)[:200]}")
+                raise DataError(f"'{path}': an entry of '{kind}' lacks one of {list(keys)}: {str(entry)[:200]}")
     return data
 
 
@@ -120,7 +121,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.annotation_file = Path(annotation_file)
         self.train, self.masks, self.transform = train, masks, transform
         if not self.image_dir.is_dir():
-            raise DatasetError(f"image folder not found: '{self.image_dir}'")
+            raise DataError(f"image folder not found: '{self.image_dir}'")
         data = _load_json(self.annotation_file)
 
         categories = sorted(data["categories"], key=lambda c: c["id"])
@@ -150,9 +151,9 @@ class CocoDetection(torch.utils.data.Dataset):
                 lines.append(f"  {len(items)} {_PROBLEMS[kind]}: {list_examples(items, 3)}")
             lines.append("  fix the file, or pass on_invalid='skip' (command line: --skip-invalid) to leave them out "
                          "with a count")
-            raise DatasetError("\n".join(lines))
+            raise DataError("\n".join(lines))
         if not images:
-            raise DatasetError(f"'{self.annotation_file}' defines no usable image")
+            raise DataError(f"'{self.annotation_file}' defines no usable image")
 
         cleaned = {k: v for k, v in data.items() if k not in ("images", "annotations")}
         cleaned.update(images=list(images.values()), annotations=annotations)
@@ -165,7 +166,7 @@ class CocoDetection(torch.utils.data.Dataset):
             report.skipped_empty_images = sum(1 for i in ids if i not in with_targets)
             ids = [i for i in ids if i in with_targets]
             if not ids:
-                raise DatasetError(f"'{self.annotation_file}' has no image with a non-crowd annotation to train on")
+                raise DataError(f"'{self.annotation_file}' has no image with a non-crowd annotation to train on")
         self.image_ids: List[int] = ids
 
     def _check(self, ann: dict, images: dict, tolerance: float) -> Tuple[Optional[str], str]:
@@ -218,7 +219,7 @@ class CocoDetection(torch.utils.data.Dataset):
         image = read_rgb(path)
         height, width = image.shape[-2:]
         if (height, width) != (info["height"], info["width"]):
-            raise DatasetError(f"image '{path}' is {width}x{height} but the json says {info['width']}x{info['height']}")
+            raise DataError(f"image '{path}' is {width}x{height} but the json says {info['width']}x{info['height']}")
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -228,7 +229,9 @@ class CocoDetection(torch.utils.data.Dataset):
             "image_id": image_id,
         }
         if self.masks:
-            stacked = [torch.from_numpy(mask_utils.decode(self._rle(a, height, width))) for a in anns]
+            with warnings.catch_warnings():  # pycocotools' decode trips a numpy 2 DeprecationWarning on every call
+                warnings.simplefilter("ignore", DeprecationWarning)
+                stacked = [torch.from_numpy(mask_utils.decode(self._rle(a, height, width))) for a in anns]
             target["masks"] = tv_tensors.Mask(torch.stack(stacked) if stacked else
                                               torch.zeros(0, height, width, dtype=torch.uint8))
         return tv_tensors.Image(image.float() / 255.0), target

@@ -33,11 +33,11 @@ def _fmt(prog):
 
 
 def _parse_overrides(pairs: Optional[List[str]]) -> Dict[str, object]:
-    """``["embed_dim=32", "img_size=512", "drop_path_rate=0.1"]`` -> VimConfig overrides (values parsed as JSON)."""
+    """``["embed_dim=32", "img_size=512"]`` -> ``{"embed_dim": 32, "img_size": 512}`` (values parsed as JSON)."""
     out: Dict[str, object] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"--vim takes key=value pairs (e.g. embed_dim=192), got {pair!r}")
+            raise ValueError(f"expected key=value settings (e.g. embed_dim=192), got {pair!r}")
         key, value = pair.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)
@@ -126,13 +126,13 @@ def _run_training(args, task: str, config, class_names, data_config, train_set, 
 
 
 def _input_images(paths: List[str]) -> List[Path]:
-    from .seg_data import IMAGE_EXTENSIONS
+    from ..data.images import IMG_EXTENSIONS
 
     files: List[Path] = []
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
         elif path.is_file():
             files.append(path)
         else:
@@ -158,7 +158,9 @@ def _register_segment(subparsers) -> None:
     p.add_argument("--val-split", default="validation", help="'' to train without evaluation")
     p.add_argument("--crop-size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
     p.add_argument("--scale", type=int, nargs=2, default=[2048, 512], metavar=("LONG", "SHORT"),
-                   help="rescale target (x0.5-2 random in training, x1 in evaluation)")
+                   help="rescale target (x ratio-range in training, x1 in evaluation)")
+    p.add_argument("--ratio-range", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
+                   help="random rescale range of the training images")
     p.add_argument("--eval-mode", choices=["slide", "whole"], default="slide")
     p.add_argument("--eval-stride", type=int, nargs=2, default=[341, 341], metavar=("H", "W"))
     _add_backbone_args(p, "mixer", "blocks giving the 4 pyramid levels (default: 5 11 17 23 for depth 24)")
@@ -227,19 +229,21 @@ def _segment_train(args) -> int:
                              aux_weight=args.aux_weight)
     data_config = dict(reduce_zero_label=reduce_zero, scale=list(args.scale), crop_size=list(args.crop_size),
                        eval_mode=args.eval_mode, eval_stride=list(args.eval_stride))
-    train_set = SegmentationDataset(args.data, args.train_split, num_classes, reduce_zero,
-                                    SegTrainTransform(tuple(args.crop_size), tuple(args.scale)))
+    augment = SegTrainTransform(tuple(args.crop_size), tuple(args.scale), tuple(args.ratio_range))
+    train_set = SegmentationDataset(args.data, args.train_split, num_classes, reduce_zero, augment)
     evaluate = None
     if args.val_split:
         val_set = SegmentationDataset(args.data, args.val_split, num_classes, reduce_zero,
                                       SegEvalTransform(tuple(args.scale)))
 
-        def evaluate(model, precision):
+        def evaluate_val(model, precision):
             metrics = evaluate_segmentation(model, val_set, device=dist.device, mode=args.eval_mode,
                                             crop_size=tuple(args.crop_size), stride=tuple(args.eval_stride),
                                             class_names=class_names, workers=min(args.workers, 2),
                                             precision=precision)
             return {k: v for k, v in metrics.items() if k != "per_class"}
+
+        evaluate = evaluate_val
 
     def to_inputs(batch, device):
         images, labels = batch
@@ -294,7 +298,8 @@ def _segment_predict(args) -> int:
 
     from ..train.distributed import resolve_device
     from .checkpoint import load_dense_model
-    from .seg_data import SegEvalTransform, read_rgb
+    from .files import read_rgb
+    from .seg_data import SegEvalTransform
     from .visualize import class_mask_png, overlay_classes, save_rgb
 
     device = resolve_device(args.device)
@@ -348,6 +353,8 @@ def _register_detect(subparsers) -> None:
                    help="large-scale jitter (scale 0.1-2 and crop to --image-size)")
     p.add_argument("--anchor-sizes", type=int, nargs=5, default=[32, 64, 128, 256, 512])
     p.add_argument("--pyramid-channels", type=int, default=256)
+    p.add_argument("--detector", nargs="*", metavar="KEY=VALUE",
+                   help="other DetectorConfig settings, e.g. head_channels=128 box_fc=512 rpn_post_nms_top_n_test=300")
     _add_backbone_args(p, "residual", "blocks feeding the pyramid (default: the last one, ViTDet)")
     _add_train_args(p, _DET_TRAIN_DEFAULTS)
     p.set_defaults(func=_detect_train)
@@ -398,9 +405,9 @@ def _detect_train(args) -> int:
     print_once(f"training data: {train_set.report.summary()}")
     backbone = _backbone_config(args, out_indices=(-1,), out_channels=args.pyramid_channels, pyramid_norm="ln",
                                 extra_pool=True)
-    config = DetectorConfig(num_classes=len(train_set.class_names), backbone=backbone, masks=masks,
-                            min_size=args.image_size, max_size=args.image_size,
-                            anchor_sizes=tuple(args.anchor_sizes))
+    settings = dict(num_classes=len(train_set.class_names), backbone=backbone, masks=masks,
+                    min_size=args.image_size, max_size=args.image_size, anchor_sizes=tuple(args.anchor_sizes))
+    config = DetectorConfig.from_dict({**settings, **_parse_overrides(args.detector)})
     evaluate = None
     if args.val_annotations:
         val_set = CocoDetection(args.val_images or args.images, args.val_annotations, masks=masks,
@@ -410,9 +417,11 @@ def _detect_train(args) -> int:
             raise ValueError(f"the validation categories {val_set.category_ids} differ from the training ones "
                              f"{train_set.category_ids}")
 
-        def evaluate(model, precision):
+        def evaluate_val(model, precision):
             return flatten_coco_metrics(evaluate_detection(model, val_set, device=dist.device,
                                                            workers=min(args.workers, 2), precision=precision))
+
+        evaluate = evaluate_val
 
     def to_inputs(batch, device):
         images, targets = batch
@@ -466,7 +475,7 @@ def _detect_predict(args) -> int:
     from ..train.reporting import write_json
     from .checkpoint import load_dense_model
     from .coco_eval import detections_to_coco
-    from .seg_data import read_rgb
+    from .files import read_rgb
     from .visualize import draw_detections, save_rgb
 
     device = resolve_device(args.device)

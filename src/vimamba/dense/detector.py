@@ -11,7 +11,7 @@ torchvision does not provide; see ``docs/dense.md``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD

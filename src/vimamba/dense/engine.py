@@ -18,7 +18,6 @@ reuses the training infrastructure of :mod:`vimamba.train`:
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -238,9 +237,10 @@ def train_iterations(
                     f"{k} {v:.4f}" for k, v in last_metrics.items() if isinstance(v, float)))
             if record:
                 log.append({"iteration": global_step, **record})
+            if dist.is_main and (metric_value is not None or done or stop):  # redrawn after each evaluation
                 plot_curves(log.read(), output_dir / "curves.png", x_key="iteration",
                             metric_keys=[k for k in last_metrics if isinstance(last_metrics[k], float)],
-                            title=f"{output_dir.name}", metric_label="metric")
+                            title=output_dir.name, metric_label="metric")
             if metric_value is not None or global_step % cfg.checkpoint_interval == 0 or done or stop:
                 save(metric_value)
             if stop and not done:

@@ -26,23 +26,12 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .errors import DatasetError, list_examples
+from ..data.images import IMG_EXTENSIONS, DataError
+from .files import list_examples, read_rgb
 
-__all__ = ["SegmentationDataset", "SegTrainTransform", "SegEvalTransform", "read_rgb", "rescale_size",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["SegmentationDataset", "SegTrainTransform", "SegEvalTransform", "rescale_size"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _LABEL_MODES = ("L", "P", "I", "I;16")
-
-
-def read_rgb(path: Path) -> torch.Tensor:
-    """An image file as a (3, H, W) uint8 tensor; unreadable files raise :class:`DatasetError` naming them."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DatasetError(f"cannot read image '{path}': {e}") from e
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 def rescale_size(size: Tuple[int, int], scale: Tuple[int, int]) -> Tuple[int, int]:
@@ -66,14 +55,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image_dir, label_dir = self.root / "images" / split, self.root / "annotations" / split
         for folder in (image_dir, label_dir):
             if not folder.is_dir():
-                raise DatasetError(
+                raise DataError(
                     f"'{folder}' is not a folder. A segmentation dataset needs images/{split}/*.jpg and "
                     f"annotations/{split}/*.png under '{self.root}' (the ADE20K layout)"
                 )
-        images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+        images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMG_EXTENSIONS}
         labels = {p.stem: p for p in sorted(label_dir.iterdir()) if p.suffix.lower() == ".png"}
         if not images:
-            raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in '{image_dir}'")
+            raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) in '{image_dir}'")
         unlabelled = sorted(set(images) - set(labels))
         orphans = sorted(set(labels) - set(images))
         if unlabelled or orphans:
@@ -82,7 +71,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 lines.append(f"  images without an annotation in '{label_dir}': {list_examples(unlabelled)}")
             if orphans:
                 lines.append(f"  annotations without an image in '{image_dir}': {list_examples(orphans)}")
-            raise DatasetError("\n".join(lines))
+            raise DataError("\n".join(lines))
         self.samples: List[Tuple[Path, Path]] = [(images[stem], labels[stem]) for stem in sorted(images)]
 
     def __len__(self) -> int:
@@ -93,13 +82,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         try:
             with Image.open(path) as png:
                 if png.mode not in _LABEL_MODES:
-                    raise DatasetError(
+                    raise DataError(
                         f"annotation '{path}' is a {png.mode} image; expected a single-channel PNG of class indices "
                         f"(mode {' or '.join(_LABEL_MODES)})"
                     )
                 label = torch.from_numpy(np.asarray(png).astype(np.int64))
         except (UnidentifiedImageError, OSError) as e:
-            raise DatasetError(f"cannot read annotation '{path}': {e}") from e
+            raise DataError(f"cannot read annotation '{path}': {e}") from e
         if self.reduce_zero_label:
             ignored = label == self.ignore_index
             label = label - 1
@@ -108,7 +97,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if bool(bad.any()):
             values = sorted(set(label[bad].unique().tolist()))
             shift = " (after reduce_zero_label)" if self.reduce_zero_label else ""
-            raise DatasetError(
+            raise DataError(
                 f"annotation '{path}' has labels {list_examples(values)}{shift} outside the {self.num_classes} "
                 f"classes 0..{self.num_classes - 1} and not the ignore index {self.ignore_index}"
             )
@@ -119,7 +108,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image_path, label_path = self.samples[index]
         image, label = read_rgb(image_path), self.read_label(label_path)
         if tuple(image.shape[-2:]) != tuple(label.shape):
-            raise DatasetError(f"image '{image_path}' is {tuple(image.shape[-2:])} (H, W) but its annotation "
+            raise DataError(f"image '{image_path}' is {tuple(image.shape[-2:])} (H, W) but its annotation "
                                f"'{label_path}' is {tuple(label.shape)}")
         return image, label
 

@@ -8,7 +8,7 @@ the label size, plus 0.4 x the cross-entropy of the auxiliary FCN head on the st
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -41,7 +41,8 @@ class SegmentorConfig:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if not 0 <= self.aux_level < len(self.backbone.strides):
-            raise ValueError(f"aux_level {self.aux_level} is not one of the {len(self.backbone.strides)} pyramid levels")
+            levels = len(self.backbone.strides)
+            raise ValueError(f"aux_level {self.aux_level} is not one of the {levels} pyramid levels")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -106,7 +107,8 @@ class VimSegmentor(nn.Module):
 
     @torch.no_grad()
     def inference(self, images: torch.Tensor, mode: str = "whole", crop_size: Union[int, Tuple[int, int]] = 512,
-                  stride: Union[int, Tuple[int, int]] = 341, out_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+                  stride: Union[int, Tuple[int, int]] = 341,
+                  out_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """Class logits for whole images or by sliding window, resized (bilinear) to ``out_size`` if given."""
         if mode == "whole":
             logits = self(images)
