@@ -334,7 +334,8 @@ def _segment_shapes(args) -> int:
     names = write_ade20k_shapes(args.root, {"training": args.train, "validation": args.val}, tuple(args.size),
                                 seed=args.seed)
     print(f"wrote {args.train} + {args.val} images to {args.root} ({len(names)} classes: {', '.join(names)}); "
-          f"train with: vimamba segment train --data {args.root} --dataset custom --num-classes {len(names)} ...")
+          f"train with: vimamba segment train --data {args.root} --dataset custom "
+          f"--class-names {Path(args.root) / 'classes.txt'} ...")
     return 0
 
 

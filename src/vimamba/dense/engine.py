@@ -99,8 +99,8 @@ def _prepare_model(model: nn.Module, cfg: DenseTrainConfig, dist: DistInfo) -> T
     """(the bare model on its device, the model to call in training: DDP-wrapped when distributed)."""
     if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing(True)
-    if dist.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the official UperNet uses SyncBN
+    if dist.distributed and dist.device.type == "cuda":  # the official UperNet uses SyncBN (a GPU-only module)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(dist.device)
     if not dist.distributed:
         return model, model

@@ -4,7 +4,7 @@ Each image holds 1..``max_shapes`` non-overlapping shapes of three classes (squa
 its own hue (jittered) on a textured grey background. They are written in the two formats vimamba reads:
 
 * ADE20K layout (:func:`write_ade20k_shapes`): ``images/<split>/*.jpg`` and ``annotations/<split>/*.png`` with
-  label 0 = background, 1..3 = the shapes (use ``num_classes=4``, no ``reduce_zero_label``);
+  label 0 = background, 1..3 = the shapes (use ``num_classes=4``, no ``reduce_zero_label``), and ``classes.txt``;
 * COCO json (:func:`write_coco_shapes`): ``images/*.jpg`` and ``annotations.json`` with one polygon instance per
   shape, categories ``square`` / ``disc`` / ``triangle`` under non-contiguous ids (to exercise the id mapping),
   and optionally crowd regions.
@@ -68,9 +68,12 @@ def draw_shapes(rng: random.Random, height: int, width: int, max_shapes: int = 3
 
 def write_ade20k_shapes(root, splits: Dict[str, int] = None, size: Tuple[int, int] = (64, 64),
                         seed: int = 0) -> List[str]:
-    """Write a shapes dataset in the ADE20K layout; returns the class names (index = label value)."""
+    """Write a shapes dataset in the ADE20K layout (and ``classes.txt``); returns the class names (index = label)."""
     root = Path(root)
     rng = random.Random(seed)
+    names = ["background", *SHAPE_CLASSES]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("\n".join(names) + "\n")
     for split, count in (splits or {"training": 16, "validation": 8}).items():
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,7 @@ def write_ade20k_shapes(root, splits: Dict[str, int] = None, size: Tuple[int, in
             image, label, _ = draw_shapes(rng, *size)
             Image.fromarray(image).save(root / "images" / split / f"shapes_{i:05d}.jpg", quality=95)
             Image.fromarray(label).save(root / "annotations" / split / f"shapes_{i:05d}.png")
-    return ["background", *SHAPE_CLASSES]
+    return names
 
 
 def write_coco_shapes(root, num_images: int = 16, sizes: Sequence[Tuple[int, int]] = ((64, 64),), seed: int = 0,
