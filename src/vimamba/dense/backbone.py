@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -33,9 +33,10 @@ from timm.layers import LayerNorm2d
 
 from ..models.registry import create_model
 from ..models.vim import VimConfig, VisionMamba
+from .configs import ConfigDict
 
-__all__ = ["BackboneConfig", "VimBackbone", "SimpleFeaturePyramid", "default_out_indices", "prefix_group_matcher",
-           "build_backbone"]
+__all__ = ["BackboneConfig", "VimBackbone", "SimpleFeaturePyramid", "BackboneHooks", "default_out_indices",
+           "prefix_group_matcher", "build_backbone"]
 
 _NORMS = ("bn", "ln", "none")
 
@@ -58,7 +59,7 @@ def default_out_indices(depth: int, num_levels: int = 4) -> Tuple[int, ...]:
 
 
 @dataclass
-class BackboneConfig:
+class BackboneConfig(ConfigDict):
     """Which Vim, which of its blocks, and how the feature pyramid is built.
 
     ``vim`` holds :class:`VimConfig` overrides of the registered ``model`` (``img_size`` is the size the position
@@ -86,19 +87,6 @@ class BackboneConfig:
         if not self.strides or any(s < 1 for s in self.strides) or list(self.strides) != sorted(set(self.strides)):
             raise ValueError(f"strides must be increasing positive integers, got {self.strides}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["strides"] = list(self.strides)
-        d["out_indices"] = list(self.out_indices) if self.out_indices is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BackboneConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown BackboneConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 class SimpleFeaturePyramid(nn.Module):
@@ -248,6 +236,28 @@ class VimBackbone(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vim.set_grad_checkpointing(enable)
+
+
+class BackboneHooks:
+    """timm-style optimiser hooks for a model whose ``backbone`` attribute is a :class:`VimBackbone`.
+
+    The backbone's group matcher and no-decay names, rewritten for the prefixed names ``backbone.vim.*``, so timm's
+    layer-wise LR decay scales each ``backbone.vim.layers.i`` and the heads keep the full rate.
+    """
+
+    backbone: VimBackbone
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return prefix_group_matcher(self.backbone.group_matcher(coarse), "backbone.")
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
 
 
 def build_backbone(cfg: BackboneConfig, pretrained: Union[None, str, os.PathLike] = None) -> VimBackbone:

@@ -8,6 +8,7 @@ decay). Run ``torchrun --nproc_per_node=N -m vimamba.cli segment train ...`` for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -28,6 +29,18 @@ def register(subparsers) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- shared options
+@contextlib.contextmanager
+def _distributed(device: str):
+    """The torchrun process group (if any) for the duration of a command."""
+    from ..train.distributed import cleanup_distributed, init_distributed
+
+    dist = init_distributed(device)
+    try:
+        yield dist
+    finally:
+        cleanup_distributed()
+
+
 def _fmt(prog):
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=36)
 
@@ -125,6 +138,18 @@ def _run_training(args, task: str, config, class_names, data_config, train_set, 
     return result.exit_code
 
 
+def _load_for_prediction(args, task: str):
+    """(model on its device, checkpoint info, device, output folder) for ``predict``."""
+    from ..train.distributed import resolve_device
+    from .checkpoint import load_dense_model
+
+    device = resolve_device(args.device)
+    model, info = load_dense_model(args.checkpoint, task=task)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    return model.to(device), info, device, out
+
+
 def _input_images(paths: List[str]) -> List[Path]:
     from ..data.images import IMG_EXTENSIONS
 
@@ -218,7 +243,6 @@ def _seg_classes(args):
 
 
 def _segment_train(args) -> int:
-    from ..train.distributed import cleanup_distributed, init_distributed
     from .evaluate import evaluate_segmentation
     from .seg_data import SegEvalTransform, SegmentationDataset, SegTrainTransform
     from .segmentor import SegmentorConfig
@@ -249,24 +273,20 @@ def _segment_train(args) -> int:
         images, labels = batch
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
-    dist = init_distributed(args.device)
-    try:
+    with _distributed(args.device) as dist:
         return _run_training(args, "segmentation", config, class_names, data_config, train_set, to_inputs, None,
                              evaluate, "mIoU", dist)
-    finally:
-        cleanup_distributed()
 
 
 def _segment_eval(args) -> int:
-    from ..train.distributed import cleanup_distributed, init_distributed, is_main_process, print_once
+    from ..train.distributed import is_main_process, print_once
     from ..train.precision import MixedPrecision
     from ..train.reporting import write_json
     from .checkpoint import load_dense_model
     from .evaluate import evaluate_segmentation
     from .seg_data import SegEvalTransform, SegmentationDataset
 
-    dist = init_distributed(args.device)
-    try:
+    with _distributed(args.device) as dist:
         model, info = load_dense_model(args.checkpoint, task="segmentation")
         data = info.data_config
         dataset = SegmentationDataset(args.data, args.split, info.config.num_classes,
@@ -289,27 +309,19 @@ def _segment_eval(args) -> int:
             if args.output:
                 write_json(args.output, metrics)
         return 0
-    finally:
-        cleanup_distributed()
 
 
 def _segment_predict(args) -> int:
     import torch
 
-    from ..train.distributed import resolve_device
-    from .checkpoint import load_dense_model
     from .files import read_rgb
     from .seg_data import SegEvalTransform
     from .visualize import class_mask_png, overlay_classes, save_rgb
 
-    device = resolve_device(args.device)
-    model, info = load_dense_model(args.checkpoint, task="segmentation")
-    model.to(device)
+    model, info, device, out = _load_for_prediction(args, "segmentation")
     data = info.data_config
     transform = SegEvalTransform(tuple(data.get("scale", (2048, 512))))
     mode = args.mode or data.get("eval_mode", "slide")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     num_classes = info.config.num_classes
     for path in _input_images(args.images):
         image = read_rgb(path)
@@ -394,7 +406,7 @@ def _add_coco_args(p, what: str) -> None:
 
 
 def _detect_train(args) -> int:
-    from ..train.distributed import cleanup_distributed, init_distributed, print_once
+    from ..train.distributed import print_once
     from .coco_data import CocoDetection, collate_detection, detection_train_transform
     from .detector import DetectorConfig
     from .evaluate import evaluate_detection, flatten_coco_metrics
@@ -429,24 +441,20 @@ def _detect_train(args) -> int:
         return ([image.to(device, non_blocking=True) for image in images],
                 [{k: v.to(device) if hasattr(v, "to") else v for k, v in t.items()} for t in targets])
 
-    dist = init_distributed(args.device)
-    try:
+    with _distributed(args.device) as dist:
         return _run_training(args, "detection", config, train_set.class_names, {"category_ids": train_set.category_ids},
                              train_set, to_inputs, collate_detection, evaluate, "bbox_AP", dist)
-    finally:
-        cleanup_distributed()
 
 
 def _detect_eval(args) -> int:
-    from ..train.distributed import cleanup_distributed, init_distributed, is_main_process
+    from ..train.distributed import is_main_process
     from ..train.precision import MixedPrecision
     from ..train.reporting import write_json
     from .checkpoint import load_dense_model
     from .coco_data import CocoDetection
     from .evaluate import evaluate_detection
 
-    dist = init_distributed(args.device)
-    try:
+    with _distributed(args.device) as dist:
         model, info = load_dense_model(args.checkpoint, task="detection")
         dataset = CocoDetection(args.images, args.annotations, masks=info.config.masks,
                                 on_invalid="skip" if args.skip_invalid else "error")
@@ -465,26 +473,18 @@ def _detect_eval(args) -> int:
             if args.output:
                 write_json(args.output, metrics)
         return 0
-    finally:
-        cleanup_distributed()
 
 
 def _detect_predict(args) -> int:
     import torch
 
-    from ..train.distributed import resolve_device
     from ..train.reporting import write_json
-    from .checkpoint import load_dense_model
     from .coco_eval import detections_to_coco
     from .files import read_rgb
     from .visualize import draw_detections, save_rgb
 
-    device = resolve_device(args.device)
-    model, info = load_dense_model(args.checkpoint, task="detection")
-    model.to(device)
+    model, info, device, out = _load_for_prediction(args, "detection")
     category_ids = info.data_config.get("category_ids") or list(range(1, len(info.class_names) + 1))
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     records = []
     for path in _input_images(args.images):
         image = read_rgb(path)

@@ -10,7 +10,7 @@ torchvision does not provide; see ``docs/dense.md``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Tuple
 
 import torch.nn as nn
@@ -23,7 +23,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from .backbone import BackboneConfig, VimBackbone, build_backbone, prefix_group_matcher
+from .backbone import BackboneConfig, BackboneHooks, build_backbone
+from .configs import ConfigDict
 
 __all__ = ["DetectorConfig", "VimFasterRCNN", "VimMaskRCNN", "build_detector", "vitdet_backbone_config"]
 
@@ -35,7 +36,7 @@ def vitdet_backbone_config(**overrides) -> BackboneConfig:
 
 
 @dataclass
-class DetectorConfig:
+class DetectorConfig(ConfigDict):
     """A Vim Mask R-CNN (``masks=True``) or Faster R-CNN. ``num_classes`` counts object classes, not background."""
 
     num_classes: int = 80
@@ -72,41 +73,13 @@ class DetectorConfig:
         if self.head_norm not in ("ln", "bn", "none"):
             raise ValueError(f"head_norm must be 'ln', 'bn' or 'none', got {self.head_norm!r}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["backbone"] = self.backbone.to_dict()
-        d["anchor_sizes"], d["aspect_ratios"] = list(self.anchor_sizes), list(self.aspect_ratios)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DetectorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DetectorConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
-class _VimDetectorMixin:
-    """timm-style optimiser hooks for a torchvision detector whose ``backbone`` is a :class:`VimBackbone`."""
-
-    backbone: VimBackbone
-
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return prefix_group_matcher(self.backbone.group_matcher(coarse), "backbone.")
-
-    def no_weight_decay(self) -> set:
-        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.backbone.set_grad_checkpointing(enable)
-
-
-class VimFasterRCNN(_VimDetectorMixin, FasterRCNN):
+class VimFasterRCNN(BackboneHooks, FasterRCNN):
     """torchvision Faster R-CNN on a Vim pyramid (with a ``cfg``)."""
 
 
-class VimMaskRCNN(_VimDetectorMixin, MaskRCNN):
+class VimMaskRCNN(BackboneHooks, MaskRCNN):
     """torchvision Mask R-CNN on a Vim pyramid (with a ``cfg``)."""
 
 

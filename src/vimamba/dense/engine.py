@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,12 +33,13 @@ from ..train.optim import create_optimizer, create_scheduler
 from ..train.precision import MixedPrecision
 from ..train.reporting import MetricsLog, format_summary, plot_curves, progress, write_json
 from ..train.sampling import build_train_sampler
+from .configs import ConfigDict
 
 __all__ = ["DenseTrainConfig", "train_iterations", "TrainResult"]
 
 
 @dataclass
-class DenseTrainConfig:
+class DenseTrainConfig(ConfigDict):
     """Optimisation settings of one run. Defaults: the official Vim-Ti UperNet recipe (per-GPU batch 8 on 4 GPUs)."""
 
     iterations: int = 60000
@@ -76,15 +77,6 @@ class DenseTrainConfig:
         if self.schedule not in ("poly", "multistep"):
             raise ValueError(f"schedule must be 'poly' or 'multistep', got {self.schedule!r}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["betas"], d["milestones"] = list(self.betas), list(self.milestones)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DenseTrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass

@@ -7,21 +7,22 @@ the label size, plus 0.4 x the cross-entropy of the auxiliary FCN head on the st
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import BackboneConfig, VimBackbone, build_backbone, prefix_group_matcher
+from .backbone import BackboneConfig, BackboneHooks, VimBackbone, build_backbone
+from .configs import ConfigDict
 from .heads import FCNHead, UperNetHead
 
 __all__ = ["SegmentorConfig", "VimSegmentor", "build_segmentor", "segmentation_loss"]
 
 
 @dataclass
-class SegmentorConfig:
+class SegmentorConfig(ConfigDict):
     """A Vim UperNet segmentor. Defaults: the official Vim-Ti ADE20K setting (150 classes, blocks 5/11/17/23)."""
 
     num_classes: int = 150
@@ -44,19 +45,6 @@ class SegmentorConfig:
             levels = len(self.backbone.strides)
             raise ValueError(f"aux_level {self.aux_level} is not one of the {levels} pyramid levels")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["backbone"] = self.backbone.to_dict()
-        d["pool_scales"] = list(self.pool_scales)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SegmentorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown SegmentorConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -67,7 +55,7 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: 
     return total / (labels != ignore_index).sum().clamp(min=1)
 
 
-class VimSegmentor(nn.Module):
+class VimSegmentor(BackboneHooks, nn.Module):
     """images (B, 3, H, W) -> logits (B, num_classes, H, W); with ``labels`` (B, H, W) -> dict of losses."""
 
     def __init__(self, backbone: VimBackbone, cfg: SegmentorConfig):
@@ -133,19 +121,6 @@ class VimSegmentor(nn.Module):
                 logits[:, :, y1:y2, x1:x2] += self(images[:, :, y1:y2, x1:x2]).float()
                 counts[:, :, y1:y2, x1:x2] += 1
         return logits / counts
-
-    # timm-style optimiser hooks (layer-wise LR decay reaches backbone.vim.layers.i; prefixed no-decay names)
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return prefix_group_matcher(self.backbone.group_matcher(coarse), "backbone.")
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.backbone.set_grad_checkpointing(enable)
 
 
 def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
