@@ -64,7 +64,8 @@ def _add_backbone_args(p, feature: str, out_indices_help: str) -> None:
     g.add_argument("--backbone", default="vim_tiny_patch16_224", help="registered Vim model name (vimamba models)")
     g.add_argument("--pretrained", default=None, help="Vim classification checkpoint to start the backbone from "
                                                        "(head dropped, position embedding resized)")
-    g.add_argument("--vim", nargs="*", metavar="KEY=VALUE", help="Vim settings to override, e.g. drop_path_rate=0.1")
+    g.add_argument("--vim", nargs="*", metavar="KEY=VALUE",
+                   help="Vim settings to override, e.g. drop_path_rate=0.1 (img_size defaults to the training size)")
     g.add_argument("--out-indices", type=int, nargs="+", default=None, help=out_indices_help)
     g.add_argument("--feature", choices=["mixer", "residual"], default=feature,
                    help="block feature: mixer output or residual stream")
@@ -111,10 +112,12 @@ def _train_config(args):
     )
 
 
-def _backbone_config(args, **fixed):
+def _backbone_config(args, img_size, **fixed):
+    """The backbone settings of the command line; the position embedding is stored for the training size."""
     from .backbone import BackboneConfig
 
-    settings = dict(model=args.backbone, vim=_parse_overrides(args.vim), feature=args.feature, norm=args.feature_norm)
+    vim = {"img_size": list(img_size), **_parse_overrides(args.vim)}
+    settings = dict(model=args.backbone, vim=vim, feature=args.feature, norm=args.feature_norm)
     if args.out_indices is not None:
         settings["out_indices"] = tuple(args.out_indices)
     return BackboneConfig(**{**fixed, **settings})
@@ -249,7 +252,7 @@ def _segment_train(args) -> int:
 
     class_names, reduce_zero = _seg_classes(args)
     num_classes = len(class_names)
-    config = SegmentorConfig(num_classes=num_classes, backbone=_backbone_config(args), channels=args.channels,
+    config = SegmentorConfig(num_classes=num_classes, backbone=_backbone_config(args, args.crop_size), channels=args.channels,
                              aux_weight=args.aux_weight)
     data_config = dict(reduce_zero_label=reduce_zero, scale=list(args.scale), crop_size=list(args.crop_size),
                        eval_mode=args.eval_mode, eval_stride=list(args.eval_stride))
@@ -416,7 +419,7 @@ def _detect_train(args) -> int:
     train_set = CocoDetection(args.images, args.annotations, train=True, masks=masks, on_invalid=on_invalid,
                               transform=detection_train_transform(args.image_size if args.lsj else None))
     print_once(f"training data: {train_set.report.summary()}")
-    backbone = _backbone_config(args, out_indices=(-1,), out_channels=args.pyramid_channels, pyramid_norm="ln",
+    backbone = _backbone_config(args, (args.image_size, args.image_size), out_indices=(-1,), out_channels=args.pyramid_channels, pyramid_norm="ln",
                                 extra_pool=True)
     settings = dict(num_classes=len(train_set.class_names), backbone=backbone, masks=masks,
                     min_size=args.image_size, max_size=args.image_size, anchor_sizes=tuple(args.anchor_sizes))
