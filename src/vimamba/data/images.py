@@ -100,11 +100,14 @@ class ImageFolderDataset(ImageFolder):
         self.strict = strict
         self._reported: set = set()
         try:
-            super().__init__(str(root), transform=transform, loader=self._load,
+            # with a given class index (a validation split) a class may have no images here
+            super().__init__(str(root), transform=transform, loader=self._load, allow_empty=class_to_idx is not None,
                              is_valid_file=lambda p: Path(p).suffix.lower() in IMG_EXTENSIONS)
         except FileNotFoundError as e:
             raise DataError(f"no usable images under '{root}': {e}. Expected the layout {root}/<class name>/<image>"
                             f" with extensions {', '.join(IMG_EXTENSIONS)}") from e
+        if not self.samples:
+            raise DataError(f"no images under '{root}'; expected {root}/<class name>/<image>")
 
     def find_classes(self, directory: str) -> Tuple[List[str], Dict[str, int]]:
         classes, class_to_idx = super().find_classes(directory)

@@ -35,7 +35,7 @@ from timm.layers import DropPath, lecun_normal_, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import bidirectional_selective_scan, depthwise_conv1d
+from ..ops import bidirectional_conv_silu, bidirectional_selective_scan, resolve_scan_impl
 from .pos_embed import insert_cls_token, remove_cls_token, resize_pos_embed
 
 __all__ = ["VimConfig", "VisionMamba", "VimBlock", "BiMambaMixer", "RMSNorm", "PatchEmbed"]
@@ -223,25 +223,29 @@ class BiMambaMixer(nn.Module):
         with torch.no_grad():
             dt_proj.bias.copy_(inverse_softplus_dt)
 
-    def _direction_inputs(
-        self, x: torch.Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear, reverse: bool
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """conv + SiLU, then the input-dependent dt (before bias), B and C of one scan direction."""
-        x = F.silu(depthwise_conv1d(x, conv.weight, conv.bias, reverse=reverse))
+    def _ssm_inputs(
+        self, x: torch.Tensor, x_proj: nn.Linear, dt_proj: nn.Linear
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The input-dependent dt (before bias), B and C of one scan direction from its conv output x."""
         dt, B, C = x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight)  # dt_proj's bias is added inside the scan, before the softplus
-        return x, dt, B, C
+        return dt, B, C
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        x_f, dt_f, B_f, C_f = self._direction_inputs(x, self.conv1d, self.x_proj, self.dt_proj, reverse=False)
-        x_b, dt_b, B_b, C_b = self._direction_inputs(x, self.conv1d_b, self.x_proj_b, self.dt_proj_b, reverse=True)
+        impl = resolve_scan_impl(self.scan_impl, x.device)
+        # silu(conv) of both branches: causal for f, anti-causal (the flipped sequence's) for b; the native CPU
+        # kernel does both in one pass when the scan runs natively too.
+        x_f, x_b = bidirectional_conv_silu(x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
+                                           self.conv1d_b.bias, native=impl == "cpp")
+        dt_f, B_f, C_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
+        dt_b, B_b, C_b = self._ssm_inputs(x_b, self.x_proj_b, self.dt_proj_b)
         y = bidirectional_selective_scan(
             x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b,
             -torch.exp(_float32_or_wider(self.A_log)), -torch.exp(_float32_or_wider(self.A_b_log)),
             _float32_or_wider(self.D), _float32_or_wider(self.D_b),
             _float32_or_wider(self.dt_proj.bias), _float32_or_wider(self.dt_proj_b.bias),
-            z, impl=self.scan_impl,
+            z, impl=impl,
         )  # silu(z) * (y_f + y_b) / 2
         return self.out_proj(y)
 

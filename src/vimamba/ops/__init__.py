@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .conv import depthwise_conv1d
+from .conv import bidirectional_conv_silu, depthwise_conv1d
 from .reference import bidirectional_scan_reference, selective_scan_reference
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "selective_scan_reference",
     "bidirectional_scan_reference",
     "depthwise_conv1d",
+    "bidirectional_conv_silu",
     "available_scan_impls",
     "resolve_scan_impl",
     "SCAN_IMPL_ENV",

@@ -8,12 +8,12 @@ without flipped copies of the sequence.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["depthwise_conv1d"]
+__all__ = ["depthwise_conv1d", "bidirectional_conv_silu"]
 
 
 def depthwise_conv1d(
@@ -44,3 +44,25 @@ def depthwise_conv1d(
     if bias is not None:
         y = y + bias.to(x.dtype)
     return y
+
+
+def bidirectional_conv_silu(
+    x: torch.Tensor,
+    weight_f: torch.Tensor,
+    bias_f: Optional[torch.Tensor],
+    weight_b: torch.Tensor,
+    bias_b: Optional[torch.Tensor],
+    native: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Both branches of the mixer's convolution: (silu(causal conv(x)), silu(anti-causal conv(x))).
+
+    ``native=True`` uses the fused C++ kernel of :mod:`vimamba.ops.cpp_scan` (one pass over x for both branches,
+    forward and backward) where it is built and supports the inputs; otherwise, and by default, this is
+    ``silu(depthwise_conv1d(x, ...))`` for each branch.
+    """
+    if native:
+        from . import cpp_scan
+
+        if cpp_scan.conv_silu_supported(x, weight_f):
+            return cpp_scan.bidirectional_conv_silu_cpp(x, weight_f, bias_f, weight_b, bias_b)
+    return (F.silu(depthwise_conv1d(x, weight_f, bias_f)), F.silu(depthwise_conv1d(x, weight_b, bias_b, reverse=True)))

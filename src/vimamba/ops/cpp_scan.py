@@ -26,12 +26,13 @@ import torch
 
 from .chunked import bidirectional_scan_chunked, check_scan_inputs
 
-__all__ = ["bidirectional_scan_cpp", "is_available", "load_library", "DISABLE_ENV", "CHUNK"]
+__all__ = ["bidirectional_scan_cpp", "bidirectional_conv_silu_cpp", "is_available", "load_library", "DISABLE_ENV",
+           "CHUNK"]
 
 DISABLE_ENV = "VIMAMBA_DISABLE_CPP"
 CHUNK = 64  # tokens between the states saved for backward
 _SOURCE = Path(__file__).parent / "csrc" / "scan_cpu.cpp"
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 # Flag sets tried in order; the first that builds is used.
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
@@ -61,6 +62,17 @@ class _Problem(ctypes.Structure):
         ("z", ctypes.c_void_p), ("z_sb", ctypes.c_int64), ("z_sl", ctypes.c_int64),
         ("out", ctypes.c_void_p), ("grad_out", ctypes.c_void_p), ("dz", ctypes.c_void_p),
         ("dir", _Direction * 2),
+    ]
+
+
+class _ConvProblem(ctypes.Structure):
+    _fields_ = [
+        ("batch", ctypes.c_int64), ("length", ctypes.c_int64), ("channels", ctypes.c_int64),
+        ("width", ctypes.c_int64), ("num_threads", ctypes.c_int64),
+        ("x", ctypes.c_void_p), ("x_sb", ctypes.c_int64), ("x_sl", ctypes.c_int64),
+        ("w", ctypes.c_void_p * 2), ("bias", ctypes.c_void_p * 2), ("out", ctypes.c_void_p * 2),
+        ("grad", ctypes.c_void_p * 2), ("dx", ctypes.c_void_p), ("dw", ctypes.c_void_p * 2),
+        ("dbias", ctypes.c_void_p * 2), ("scratch", ctypes.c_void_p),
     ]
 
 
@@ -117,6 +129,8 @@ def load_library() -> Optional[ctypes.CDLL]:
             continue
         for fn in (lib.vimamba_scan_forward, lib.vimamba_scan_backward):
             fn.argtypes, fn.restype = [ctypes.POINTER(_Problem)], ctypes.c_int
+        for fn in (lib.vimamba_conv_silu_forward, lib.vimamba_conv_silu_backward):
+            fn.argtypes, fn.restype = [ctypes.POINTER(_ConvProblem)], ctypes.c_int
         return lib
     warnings.warn(
         "vimamba: the native CPU selective scan could not be built, using the slower 'chunked' PyTorch path "
@@ -249,3 +263,85 @@ def bidirectional_scan_cpp(
         return _CppBidirectionalScan.apply(*inputs)
     out, _ = _forward(lib, tuple(_as_kernel_input(t) for t in inputs), save_states=False)
     return out.to(x_f.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- conv + SiLU
+
+
+def _conv_problem(x, weights, biases, out=(None, None), grad=(None, None), dx=None, dw=(None, None),
+                  dbias=(None, None), scratch=None) -> _ConvProblem:
+    batch, length, channels = x.shape
+    p = _ConvProblem(batch, length, channels, weights[0].shape[-1], torch.get_num_threads(),
+                     x.data_ptr(), x.stride(0), x.stride(1))
+    for k in range(2):
+        p.w[k], p.bias[k], p.out[k] = weights[k].data_ptr(), _ptr(biases[k]), _ptr(out[k])
+        p.grad[k], p.dw[k], p.dbias[k] = _ptr(grad[k]), _ptr(dw[k]), _ptr(dbias[k])
+    p.dx, p.scratch = _ptr(dx), _ptr(scratch)
+    return p
+
+
+def _conv_forward(lib, x, weights, biases):
+    out = (torch.empty(x.shape), torch.empty(x.shape))
+    if lib.vimamba_conv_silu_forward(ctypes.byref(_conv_problem(x, weights, biases, out=out))) != 0:
+        raise RuntimeError("vimamba_conv_silu_forward rejected its arguments")
+    return out
+
+
+class _CppConvSilu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight_f, bias_f, weight_b, bias_b):
+        inputs = (x, weight_f, bias_f, weight_b, bias_b)
+        ctx.dtypes = [t.dtype if t is not None else None for t in inputs]
+        ctx.shapes = [t.shape if t is not None else None for t in inputs]
+        x_, w_f, b_f, w_b, b_b = (_as_kernel_input(t) for t in _flat_kernels(inputs))
+        out = _conv_forward(load_library(), x_, (w_f, w_b), (b_f, b_b))
+        ctx.save_for_backward(x_, w_f, b_f, w_b, b_b)
+        return tuple(o.to(x.dtype) for o in out)
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_b):
+        x, w_f, b_f, w_b, b_b = ctx.saved_tensors
+        batch, length, channels = x.shape
+        width, threads = w_f.shape[-1], torch.get_num_threads()
+        grads = tuple((g if g is not None else torch.zeros(x.shape)).float().contiguous() for g in (grad_f, grad_b))
+        dx = torch.empty(x.shape)
+        dw = (torch.empty(batch, channels, width), torch.empty(batch, channels, width))
+        dbias = tuple(torch.empty(batch, channels) if b is not None else None for b in (b_f, b_b))
+        scratch = torch.empty(threads, 2, length, _lanes())
+        problem = _conv_problem(x, (w_f, w_b), (b_f, b_b), grad=grads, dx=dx, dw=dw, dbias=dbias, scratch=scratch)
+        if load_library().vimamba_conv_silu_backward(ctypes.byref(problem)) != 0:
+            raise RuntimeError("vimamba_conv_silu_backward rejected its arguments")
+        result = (dx, dw[0].sum(0), dbias[0].sum(0) if dbias[0] is not None else None,
+                  dw[1].sum(0), dbias[1].sum(0) if dbias[1] is not None else None)
+        return tuple(g.reshape(shape).to(dtype) if g is not None and need else None
+                     for g, dtype, shape, need in zip(result, ctx.dtypes, ctx.shapes, ctx.needs_input_grad))
+
+
+def _flat_kernels(inputs):
+    """(x, weight_f, bias_f, weight_b, bias_b) with the (E, 1, K) conv weights viewed as (E, K)."""
+    x, weight_f, bias_f, weight_b, bias_b = inputs
+    return x, weight_f.reshape(weight_f.shape[0], -1), bias_f, weight_b.reshape(weight_b.shape[0], -1), bias_b
+
+
+def _lanes() -> int:
+    return load_library().vimamba_scan_lanes()
+
+
+def conv_silu_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`bidirectional_conv_silu_cpp` can run these inputs natively (CPU, not float64, small kernel)."""
+    lib = load_library()
+    return (lib is not None and x.device.type == "cpu" and x.dtype != torch.float64
+            and weight.shape[-1] <= lib.vimamba_conv_max_width())
+
+
+def bidirectional_conv_silu_cpp(x, weight_f, bias_f, weight_b, bias_b):
+    """(silu(causal depthwise conv of x), silu(anti-causal depthwise conv of x)) by the native kernel.
+
+    x: (batch, L, E); weights (E, 1, K) or (E, K); biases (E,) or None. Check :func:`conv_silu_supported` first.
+    """
+    inputs = (x, weight_f, bias_f, weight_b, bias_b)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return _CppConvSilu.apply(*inputs)
+    x_, w_f, b_f, w_b, b_b = (_as_kernel_input(t) for t in _flat_kernels(inputs))
+    out = _conv_forward(load_library(), x_, (w_f, w_b), (b_f, b_b))
+    return tuple(o.to(x.dtype) for o in out)

@@ -113,6 +113,8 @@ class TrainConfig:
     resume: Optional[str] = _f(None, "continue the run saved in this checkpoint (same schedule position and data "
                                "order); its configuration is reused, flags given here override it", "run",
                                metavar="CKPT")
+    overwrite: bool = _f(False, "start a new run in an output directory that already holds one (its checkpoints "
+                         "are replaced)", "run")
     best_metric: str = _f("top1", "metric that selects best.pth", "run", choices=("top1", "ema_top1"))
     eval_every: int = _f(1, "evaluate every N epochs (and always after the last)", "run")
     export: bool = _f(True, "at the end, export the best weights as model.safetensors with class names (Vim "
@@ -142,7 +144,7 @@ _DEMO = dict(
     dataset="fashion-mnist", model="vim_tiny_patch16_224", patch_size=4, stride=4, embed_dim=96, depth=6,
     epochs=8, batch_size=128, lr=2e-3, warmup_lr=1e-5, warmup_epochs=1.0, drop_path=0.0, aa=None,
     scale=(0.6, 1.0), ratio=(0.8, 1.25), train_interpolation="bilinear", mixup=0.0, cutmix=0.0, model_ema=False,
-    repeated_aug=False, workers=1,
+    repeated_aug=False, workers=0,
     output="runs/fashion-mnist-demo",
 )
 
@@ -191,6 +193,10 @@ def resolve_config(explicit: Dict[str, Any], saved: Optional[Dict[str, Any]] = N
     if unknown:
         raise ValueError(f"unknown training options {unknown}")
     if saved is not None:
+        changed = [k for k in ARCH_FIELDS if k in explicit and explicit[k] != saved.get(k)]
+        if changed:
+            raise ValueError(f"a resumed run keeps its architecture; {', '.join('--' + k.replace('_', '-') for k in changed)}"
+                             " differ from the checkpoint's. Start a new run from its weights with --finetune instead")
         base = {k: v for k, v in saved.items() if k in known}
         values = {**base, **explicit}
         return _make(values)

@@ -147,27 +147,26 @@ def _reduction_device() -> torch.device:
     return torch.device("cpu")
 
 
+def _all_reduce(values: Mapping[str, float], op, device: Optional[torch.device]) -> Dict[str, float]:
+    if not is_distributed():
+        return {k: float(v) for k, v in values.items()}
+    keys = list(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device or _reduction_device())
+    dist.all_reduce(tensor, op=op)
+    return dict(zip(keys, tensor.tolist()))
+
+
 def all_reduce_sums(values: Mapping[str, float], device: Optional[torch.device] = None) -> Dict[str, float]:
     """Sum each named number over all processes (float64, so counts of millions stay exact).
 
     Reduce sums and counts, then divide: the mean of per-rank means is wrong when ranks hold different counts.
     """
-    if not is_distributed():
-        return {k: float(v) for k, v in values.items()}
-    keys = list(values)
-    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device or _reduction_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return dict(zip(keys, tensor.tolist()))
+    return _all_reduce(values, dist.ReduceOp.SUM, device)
 
 
 def all_reduce_max(values: Mapping[str, float], device: Optional[torch.device] = None) -> Dict[str, float]:
     """The maximum of each named number over all processes (e.g. "did any rank see a NaN / a stop request")."""
-    if not is_distributed():
-        return {k: float(v) for k, v in values.items()}
-    keys = list(values)
-    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device or _reduction_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return dict(zip(keys, tensor.tolist()))
+    return _all_reduce(values, dist.ReduceOp.MAX, device)
 
 
 def all_gather_objects(obj: Any) -> List[Any]:

@@ -11,7 +11,6 @@ Files in the output directory: ``config.json``, ``last.pth`` (every epoch, and o
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -54,7 +53,10 @@ def _loaders(cfg: TrainConfig, spec, pre, dist_info: DistInfo):
     common = dict(num_workers=cfg.workers, pin_memory=dist_info.device.type == "cuda",
                   collate_fn=collate_skipping_unreadable, persistent_workers=cfg.workers > 0,
                   worker_init_fn=ignore_sigint_in_worker if cfg.workers > 0 else None)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **common)
+    # The loader draws its workers' base seed from its own generator (re-seeded every epoch), not from the global
+    # RNG, so the global RNG stream, saved in checkpoints, is the same whether or not a run was resumed.
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                              generator=torch.Generator(), **common)
     val_loader = DataLoader(val_set, batch_size=max(1, int(1.5 * cfg.batch_size)),
                             sampler=ShardedEvalSampler(val_set, dist_info.rank, dist_info.world_size), **common)
     if len(train_loader) < cfg.accum_steps:
@@ -93,6 +95,9 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
     device = dist_info.device
     out = Path(cfg.output)
     resume = load_training_checkpoint(cfg.resume) if cfg.resume else None
+    if resume is None and not cfg.overwrite and (out / "last.pth").is_file():
+        raise ValueError(f"'{out}' already holds a training run ({out / 'last.pth'}); continue it with --resume "
+                         f"{out / 'last.pth'}, choose another --output, or pass --overwrite to start over there")
 
     # ---- data (rank 0 fetches, the others wait and then find it)
     if dist_info.is_main:
@@ -155,10 +160,12 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
     metrics = MetricsLog(out / "metrics.jsonl")
     start_epoch, batches_done, global_step = 0, 0, 0
     if resume is not None:
-        restore_training_state(resume, model=bare_model, optimizer=optimizer, scheduler=scheduler, scaler=precision,
+        # The schedule is rebuilt from the configuration (so --epochs can extend a run) and positioned by the step.
+        restore_training_state(resume, model=bare_model, optimizer=optimizer, scaler=precision,
                                ema=ema.module if ema is not None else None)
         start_epoch, batches_done = int(resume["epoch"]), int(resume["batch_in_epoch"])
         global_step = int(resume["global_step"])
+        scheduler.step_update(num_updates=global_step)
         manager.best_value = resume.get("best_metric")
         metrics.keep_before(start_epoch + 1)
         where = f"epoch {start_epoch + 1}" + (f", batch {batches_done}/{batches_per_epoch}" if batches_done else "")
@@ -201,6 +208,7 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
             sampler.skip(batches_done * cfg.batch_size)
+            train_loader.generator.manual_seed(cfg.seed + 1_000_003 * (epoch + 1) + dist_info.rank)
             try:
                 result = train_one_epoch(
                     model, train_loader, criterion, optimizer, precision, device=device, epoch=epoch,

@@ -25,7 +25,10 @@ def build_train_sampler(dataset: Sized, *, seed: int, rank: int = 0, world_size:
     if repeated_aug and world_size > 1:
         from timm.data.distributed_sampler import RepeatAugSampler
 
-        inner = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, num_repeats=num_repeats)
+        # DeiT's RASampler keeps a multiple of 256 images per epoch; tiny datasets would keep none, so keep all
+        selected_round = 256 if len(dataset) >= 256 * world_size else 0
+        inner = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, num_repeats=num_repeats,
+                                 selected_round=selected_round)
     else:
         inner = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                    drop_last=False)

@@ -27,7 +27,7 @@
 #include <omp.h>
 #endif
 #if defined(__SSE__) || defined(__x86_64__)
-#include <xmmintrin.h>
+#include <immintrin.h>
 #define VIMAMBA_HAVE_MXCSR 1
 #endif
 
@@ -68,8 +68,29 @@ struct VimScanProblem {
   VimScanDirection dir[2];                // 0: ascending tokens, 1: descending tokens
 };
 
-int vimamba_scan_abi_version() { return 1; }
+// Both depthwise convolutions of the mixer, each followed by SiLU, from the shared input x:
+//     out_f[t] = silu(bias_f + sum_k w_f[k] x[t - (K-1) + k])     (causal: the forward branch)
+//     out_b[t] = silu(bias_b + sum_k w_b[k] x[t + (K-1) - k])     (anti-causal: the flipped sequence's causal conv)
+// with zeros outside the sequence. Backward: dx, and per-batch partial sums of dw and dbias.
+struct VimConvProblem {
+  int64_t batch, length, channels, width, num_threads;
+  const float* x; int64_t x_sb, x_sl;     // (batch, L, E), unit stride over E
+  const float* w[2];                      // (E, K) contiguous, forward / backward branch
+  const float* bias[2];                   // (E,) or null
+  float* out[2];                          // forward: (batch, L, E) contiguous
+  const float* grad[2];                   // backward: (batch, L, E) contiguous, gradients of out
+  float* dx;                              // backward: (batch, L, E) contiguous
+  float* dw[2];                           // backward: (batch, E, K) partial sums
+  float* dbias[2];                        // backward: (batch, E) partial sums, or null
+  float* scratch;                         // backward: (threads, 2, L, VIMAMBA_LANES)
+};
+
+int vimamba_conv_silu_forward(const VimConvProblem* p);
+int vimamba_conv_silu_backward(const VimConvProblem* p);
+
+int vimamba_scan_abi_version() { return 2; }
 int vimamba_scan_max_state() { return 64; }
+int vimamba_conv_max_width() { return 16; }
 int vimamba_scan_lanes() { return VIMAMBA_LANES; }
 int vimamba_scan_forward(const VimScanProblem* p);
 int vimamba_scan_backward(const VimScanProblem* p);
@@ -78,55 +99,76 @@ int vimamba_scan_backward(const VimScanProblem* p);
 namespace {
 
 constexpr int kMaxState = 64;
+constexpr int kMaxWidth = 16;
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
-inline float bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
-inline int32_t float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
+// SIMD vectors of W floats / int32 (GCC and Clang vector extensions: lowered to SSE/AVX/AVX-512/NEON).
+template <int W> struct Vec {
+  typedef float f __attribute__((vector_size(4 * W)));
+  typedef int32_t i __attribute__((vector_size(4 * W)));
+};
 
-// 2^x, relative error < 2e-7; x is clamped to [-125, 127] (2^-125 ~ 2.4e-38 stands for 0: no denormals).
-inline float exp2_fast(float x) {
-  x = std::min(std::max(x, -125.0f), 127.0f);
-  const float k = std::floor(x + 0.5f);
-  const float f = (x - k) * kLn2;  // |f| <= ln2 / 2: Taylor series of e^f to degree 6
-  float p = 1.0f / 720.0f;
-  p = p * f + 1.0f / 120.0f;
-  p = p * f + 1.0f / 24.0f;
-  p = p * f + 1.0f / 6.0f;
-  p = p * f + 0.5f;
-  p = p * f + 1.0f;
-  p = p * f + 1.0f;
-  return p * bits_to_float((static_cast<int32_t>(k) + 127) << 23);
+template <class V> inline V splat(float x) { return V{} + x; }
+template <class V> inline V load(const float* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
+template <class V> inline void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+template <class To, class From> inline To bitcast(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bitcast between different sizes");
+  To t; std::memcpy(&t, &v, sizeof(To)); return t;
+}
+template <class V> inline V vmin(V a, V b) { return a < b ? a : b; }
+template <class V> inline V vmax(V a, V b) { return a > b ? a : b; }
+#if defined(__AVX__)  // one instruction instead of compare + blend (NaN handling is irrelevant for clamping)
+template <> inline Vec<8>::f vmin(Vec<8>::f a, Vec<8>::f b) { return bitcast<Vec<8>::f>(_mm256_min_ps(bitcast<__m256>(a), bitcast<__m256>(b))); }
+template <> inline Vec<8>::f vmax(Vec<8>::f a, Vec<8>::f b) { return bitcast<Vec<8>::f>(_mm256_max_ps(bitcast<__m256>(a), bitcast<__m256>(b))); }
+#endif
+#if defined(__AVX512F__)
+template <> inline Vec<16>::f vmin(Vec<16>::f a, Vec<16>::f b) { return bitcast<Vec<16>::f>(_mm512_min_ps(bitcast<__m512>(a), bitcast<__m512>(b))); }
+template <> inline Vec<16>::f vmax(Vec<16>::f a, Vec<16>::f b) { return bitcast<Vec<16>::f>(_mm512_max_ps(bitcast<__m512>(a), bitcast<__m512>(b))); }
+#endif
+template <class V> inline float hsum(V v) {
+  float s = 0.0f;
+  for (unsigned l = 0; l < sizeof(V) / 4; ++l) s += v[l];
+  return s;
 }
 
-inline float exp_fast(float x) { return exp2_fast(x * kLog2e); }
+// 2^x, relative error < 3e-7; x is clamped to [-125, 127] (2^-125 ~ 2e-38 stands for 0: no denormals).
+// x = k + f with k integer, |f| <= 1/2; 2^f by a degree-5 polynomial (Chebyshev fit), 2^k in the exponent bits.
+template <class V> inline V exp2_fast(V x) {
+  typedef decltype(x < x) I;
+  x = vmin(vmax(x, splat<V>(-125.0f)), splat<V>(127.0f));
+  const V magic = splat<V>(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer k
+  const V shifted = x + magic;
+  const V f = x - (shifted - magic);
+  V p = splat<V>(0.0013400433f);
+  p = p * f + 0.0096760374f;
+  p = p * f + 0.0555032715f;
+  p = p * f + 0.2402210683f;
+  p = p * f + 0.6931471825f;
+  p = p * f + 1.0000001192f;
+  // the integer k sits in the low mantissa bits of `shifted`: (k + 127) << 23 are the bits of 2^k
+  return p * bitcast<V>((bitcast<I>(shifted) - (0x4B400000 - 127)) << 23);
+}
 
-// log(w) for w >= 1 (finite): w = m 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh((m - 1) / (m + 1)).
-inline float log_fast(float w) {
-  const int32_t bits = float_to_bits(w);
-  float e = static_cast<float>(((bits >> 23) & 0xff) - 127);
-  float m = bits_to_float((bits & 0x7fffff) | 0x3f800000);  // [1, 2)
-  const bool big = m > 1.41421356f;
-  m = big ? m * 0.5f : m;
-  e = big ? e + 1.0f : e;
-  const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
-  float p = 1.0f / 9.0f;
+template <class V> inline V exp_fast(V x) { return exp2_fast(x * kLog2e); }
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)), identity above 20 as F.softplus. With v = exp(-|x|) in (0, 1]:
+// log1p(v) = 2 atanh(s), s = v / (2 + v) in (0, 1/3], by its series to s^13 (relative error < 2e-8).
+template <class V> inline V softplus_fast(V x) {
+  const V v = exp_fast(vmin(x, -x));
+  const V s = v / (2.0f + v), s2 = s * s;
+  V p = splat<V>(1.0f / 13.0f);
+  p = p * s2 + 1.0f / 11.0f;
+  p = p * s2 + 1.0f / 9.0f;
   p = p * s2 + 1.0f / 7.0f;
   p = p * s2 + 1.0f / 5.0f;
   p = p * s2 + 1.0f / 3.0f;
   p = p * s2 + 1.0f;
-  return e * kLn2 + 2.0f * s * p;
+  const V sp = vmax(x, splat<V>(0.0f)) + 2.0f * s * p;
+  return x > 20.0f ? x : sp;
 }
 
-// softplus(x) = log1p(exp(x)) as F.softplus (identity above 20); log1p(v) = log(1 + v) * v / ((1 + v) - 1).
-inline float softplus_fast(float x) {
-  const float v = exp_fast(std::min(x, 20.0f));
-  const float w = 1.0f + v, wm1 = w - 1.0f;
-  const float log1p_v = wm1 == 0.0f ? v : log_fast(w) * (v / wm1);
-  return x > 20.0f ? x : log1p_v;
-}
-
-inline float sigmoid_fast(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
+template <class V> inline V sigmoid_fast(V x) { return 1.0f / (1.0f + exp_fast(-x)); }
+template <class V> inline V silu_fast(V x) { return x * sigmoid_fast(x); }
 
 // Flush denormals to zero while a kernel runs (decays underflowing through denormals are slow on x86).
 struct DenormalsAreZero {
@@ -145,49 +187,39 @@ inline int thread_index() {
 #endif
 }
 
-// One work item: batch element b, channels [e0, e0 + VE).
-template <int VE>
+// One work item: batch element b, channels [e0, e0 + W), one SIMD vector of W lanes.
+template <int W>
 struct Item {
+  typedef typename Vec<W>::f V;
   const VimScanProblem& p;
   int64_t b, e0;
 
   int64_t position(bool reverse, int64_t i) const { return reverse ? p.length - 1 - i : i; }
 
-  // Per-token quantities of direction d at token t: pre-activation of delta, delta, delta * u, u.
-  void token(const VimScanDirection& d, const float* bias, int64_t t, float* pre, float* delta, float* du,
-             float* u) const {
-    const float* up = d.u + b * d.u_sb + t * d.u_sl + e0;
-    const float* dtp = d.dt + b * d.dt_sb + t * d.dt_sl + e0;
-#pragma omp simd
-    for (int l = 0; l < VE; ++l) {
-      u[l] = up[l];
-      pre[l] = dtp[l] + bias[l];
-      delta[l] = softplus_fast(pre[l]);
-      du[l] = delta[l] * u[l];
-    }
+  struct Token { V pre, delta, du, u; };  // dt + bias, softplus of it, delta * u, u
+
+  Token token(const VimScanDirection& d, V bias, int64_t t) const {
+    Token k;
+    k.u = load<V>(d.u + b * d.u_sb + t * d.u_sl + e0);
+    k.pre = load<V>(d.dt + b * d.dt_sb + t * d.dt_sl + e0) + bias;
+    k.delta = softplus_fast(k.pre);
+    k.du = k.delta * k.u;
+    return k;
   }
 
-  void gate(int64_t t, float* silu_z) const {
-    if (p.z == nullptr) {
-      for (int l = 0; l < VE; ++l) silu_z[l] = 1.0f;
-      return;
-    }
-    const float* zp = p.z + b * p.z_sb + t * p.z_sl + e0;
-#pragma omp simd
-    for (int l = 0; l < VE; ++l) silu_z[l] = zp[l] * sigmoid_fast(zp[l]);
+  V gate(int64_t t) const {  // silu(z_t), or 1 without a gate
+    return p.z ? silu_fast(load<V>(p.z + b * p.z_sb + t * p.z_sl + e0)) : splat<V>(1.0f);
   }
 
-  void load_parameters(const VimScanDirection& d, float (*A2)[VE], float (*A)[VE], float* bias, float* D) const {
-    const int64_t N = p.n_state, E = p.channels;
-    for (int l = 0; l < VE; ++l) {
-      for (int64_t n = 0; n < N; ++n) {
-        A[n][l] = d.A[(e0 + l) * N + n];
-        A2[n][l] = A[n][l] * kLog2e;
-      }
-      bias[l] = d.dt_bias ? d.dt_bias[e0 + l] : 0.0f;
-      D[l] = d.D ? d.D[e0 + l] : 0.0f;
+  struct Parameters { V A2[kMaxState], A[kMaxState], bias, D; };  // A2 = A log2(e)
+
+  void load_parameters(const VimScanDirection& d, Parameters& w) const {
+    for (int64_t n = 0; n < p.n_state; ++n) {
+      for (int l = 0; l < W; ++l) w.A[n][l] = d.A[(e0 + l) * p.n_state + n];
+      w.A2[n] = w.A[n] * kLog2e;
     }
-    (void)E;
+    w.bias = d.dt_bias ? load<V>(d.dt_bias + e0) : splat<V>(0.0f);
+    w.D = d.D ? load<V>(d.D + e0) : splat<V>(0.0f);
   }
 
   float* saved_state(const VimScanDirection& d, int64_t chunk_index, int64_t n) const {
@@ -199,140 +231,107 @@ struct Item {
     const VimScanDirection& d = p.dir[dir];
     const bool reverse = dir == 1;
     const int64_t L = p.length, N = p.n_state, E = p.channels;
-    alignas(64) float h[kMaxState][VE], A2[kMaxState][VE], A[kMaxState][VE];
-    float bias[VE], D[VE];
-    load_parameters(d, A2, A, bias, D);
-    std::memset(h, 0, sizeof(h));
-    for (int64_t i = 0; i < L; ++i) {
-      const int64_t t = position(reverse, i);
-      if (d.states != nullptr && i % p.chunk == 0) {
-        for (int64_t n = 0; n < N; ++n) std::memcpy(saved_state(d, i / p.chunk, n), h[n], sizeof(float) * VE);
+    constexpr int64_t TB = 16;
+    Parameters w;
+    load_parameters(d, w);
+    V h[kMaxState];
+    V delta[TB], du[TB], uu[TB];
+    for (int64_t n = 0; n < N; ++n) h[n] = splat<V>(0.0f);
+    for (int64_t i0 = 0; i0 < L; i0 += TB) {
+      const int64_t nb = std::min(TB, L - i0);
+      for (int64_t j = 0; j < nb; ++j) {  // per-token work first: independent across tokens
+        const Token k = token(d, w.bias, position(reverse, i0 + j));
+        delta[j] = k.delta; du[j] = k.du; uu[j] = k.u;
       }
-      float pre[VE], delta[VE], du[VE], u[VE], y[VE];
-      token(d, bias, t, pre, delta, du, u);
-      for (int l = 0; l < VE; ++l) y[l] = D[l] * u[l];
-      const float* Bt = d.B + b * d.B_sb + t * d.B_sl;
-      const float* Ct = d.C + b * d.C_sb + t * d.C_sl;
-      for (int64_t n = 0; n < N; ++n) {
-        const float bn = Bt[n], cn = Ct[n];
-#pragma omp simd
-        for (int l = 0; l < VE; ++l) {
-          const float a = exp2_fast(delta[l] * A2[n][l]);
-          h[n][l] = a * h[n][l] + du[l] * bn;
-          y[l] += h[n][l] * cn;
+      for (int64_t j = 0; j < nb; ++j) {
+        const int64_t i = i0 + j, t = position(reverse, i);
+        if (d.states != nullptr && i % p.chunk == 0) {
+          for (int64_t n = 0; n < N; ++n) store(saved_state(d, i / p.chunk, n), h[n]);
         }
-      }
-      float* o = p.out + (b * L + t) * E + e0;
-      if (dir == 0) {
-        for (int l = 0; l < VE; ++l) o[l] = y[l];
-      } else {
-        float silu_z[VE];
-        gate(t, silu_z);
-#pragma omp simd
-        for (int l = 0; l < VE; ++l) o[l] = 0.5f * (o[l] + y[l]) * silu_z[l];
+        V y = w.D * uu[j];
+        const float* Bt = d.B + b * d.B_sb + t * d.B_sl;
+        const float* Ct = d.C + b * d.C_sb + t * d.C_sl;
+        for (int64_t n = 0; n < N; ++n) {
+          const V a = exp2_fast(delta[j] * w.A2[n]);
+          h[n] = a * h[n] + du[j] * Bt[n];
+          y += h[n] * Ct[n];
+        }
+        float* o = p.out + (b * L + t) * E + e0;
+        store(o, dir == 0 ? y : 0.5f * (load<V>(o) + y) * gate(t));
       }
     }
   }
 
-  // Gradients of direction `dir`. `h_buf`, `a_buf`: chunk * N * VE floats of scratch. With a gate, y of this
+  // Gradients of direction `dir`. `h_buf`, `a_buf`: chunk * N vectors of scratch, `tokens`: chunk of them. With a gate, y of this
   // direction is added to p.dz (which holds y0 + y1 when both directions are done).
-  void backward(int dir, float* h_buf, float* a_buf, int thread) const {
+  void backward(int dir, V* h_buf, V* a_buf, Token* tokens, int thread) const {
     const VimScanDirection& d = p.dir[dir];
     const bool reverse = dir == 1;
     const int64_t L = p.length, N = p.n_state, E = p.channels, K = p.chunk;
-    alignas(64) float A2[kMaxState][VE], A[kMaxState][VE], h[kMaxState][VE], h_entry[kMaxState][VE];
-    alignas(64) float carry[kMaxState][VE], dA[kMaxState][VE];  // carry = a_next * dh_next
-    float bias[VE], D[VE], dD[VE], dbias[VE];
-    load_parameters(d, A2, A, bias, D);
-    std::memset(carry, 0, sizeof(carry));
-    std::memset(dA, 0, sizeof(dA));
-    for (int l = 0; l < VE; ++l) dD[l] = dbias[l] = 0.0f;
+    Parameters w;
+    load_parameters(d, w);
+    V h_entry[kMaxState], carry[kMaxState], dA[kMaxState];  // carry = a_next * dh_next
+    for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = splat<V>(0.0f);
+    V dD = splat<V>(0.0f), dbias = splat<V>(0.0f);
     float* dB_base = d.dB + (static_cast<int64_t>(thread) * p.batch + b) * L * N;
     float* dC_base = d.dC + (static_cast<int64_t>(thread) * p.batch + b) * L * N;
 
     for (int64_t j = p.n_chunks - 1; j >= 0; --j) {
       const int64_t i0 = j * K, i1 = std::min(L, i0 + K);
-      for (int64_t n = 0; n < N; ++n) {
-        std::memcpy(h_entry[n], saved_state(d, j, n), sizeof(float) * VE);
-        std::memcpy(h[n], h_entry[n], sizeof(float) * VE);
-      }
+      for (int64_t n = 0; n < N; ++n) h_entry[n] = load<V>(saved_state(d, j, n));
+      for (int64_t i = i0; i < i1; ++i) tokens[i - i0] = token(d, w.bias, position(reverse, i));
       // Recompute the chunk's decays and states (and y, for the gate's gradient).
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t t = position(reverse, i);
-        float pre[VE], delta[VE], du[VE], u[VE], y[VE];
-        token(d, bias, t, pre, delta, du, u);
-        for (int l = 0; l < VE; ++l) y[l] = D[l] * u[l];
+        const Token& k = tokens[i - i0];
+        V y = w.D * k.u;
         const float* Bt = d.B + b * d.B_sb + t * d.B_sl;
         const float* Ct = d.C + b * d.C_sb + t * d.C_sl;
-        float* hs = h_buf + (i - i0) * N * VE;
-        float* as = a_buf + (i - i0) * N * VE;
+        V* hs = h_buf + (i - i0) * N;
+        V* as = a_buf + (i - i0) * N;
+        const V* hp = i > i0 ? hs - N : h_entry;
         for (int64_t n = 0; n < N; ++n) {
-          const float bn = Bt[n], cn = Ct[n];
-#pragma omp simd
-          for (int l = 0; l < VE; ++l) {
-            const float a = exp2_fast(delta[l] * A2[n][l]);
-            h[n][l] = a * h[n][l] + du[l] * bn;
-            y[l] += h[n][l] * cn;
-            as[n * VE + l] = a;
-            hs[n * VE + l] = h[n][l];
-          }
+          as[n] = exp2_fast(k.delta * w.A2[n]);
+          hs[n] = as[n] * hp[n] + k.du * Bt[n];
+          y += hs[n] * Ct[n];
         }
         if (p.dz != nullptr) {
           float* ys = p.dz + (b * L + t) * E + e0;
-          for (int l = 0; l < VE; ++l) ys[l] = dir == 0 ? y[l] : ys[l] + y[l];
+          store(ys, dir == 0 ? y : load<V>(ys) + y);
         }
       }
       // Adjoint walk over the chunk, against the scan order.
       for (int64_t i = i1 - 1; i >= i0; --i) {
         const int64_t t = position(reverse, i);
-        float pre[VE], delta[VE], du[VE], u[VE], g[VE], s[VE], ddelta[VE];
-        token(d, bias, t, pre, delta, du, u);
-        gate(t, g);
-        const float* go = p.grad_out + (b * L + t) * E + e0;
-        for (int l = 0; l < VE; ++l) {
-          g[l] *= 0.5f * go[l];  // d loss / d y of this direction
-          s[l] = ddelta[l] = 0.0f;
-        }
+        const Token& k = tokens[i - i0];
+        const V g = 0.5f * gate(t) * load<V>(p.grad_out + (b * L + t) * E + e0);  // d loss / d y, this direction
+        V s = splat<V>(0.0f), ddelta = splat<V>(0.0f);
         const float* Bt = d.B + b * d.B_sb + t * d.B_sl;
         const float* Ct = d.C + b * d.C_sb + t * d.C_sl;
-        const float* hs = h_buf + (i - i0) * N * VE;
-        const float* as = a_buf + (i - i0) * N * VE;
-        const float* hp = i > i0 ? hs - N * VE : nullptr;
+        const V* hs = h_buf + (i - i0) * N;
+        const V* as = a_buf + (i - i0) * N;
+        const V* hp = i > i0 ? hs - N : h_entry;
         float* dBt = dB_base + t * N;
         float* dCt = dC_base + t * N;
         for (int64_t n = 0; n < N; ++n) {
-          const float bn = Bt[n], cn = Ct[n];
-          const float* hprev = hp ? hp + n * VE : h_entry[n];
-          float dB_sum = 0.0f, dC_sum = 0.0f;
-#pragma omp simd reduction(+ : dB_sum, dC_sum)
-          for (int l = 0; l < VE; ++l) {
-            const float a = as[n * VE + l];
-            const float dh = carry[n][l] + g[l] * cn;
-            dC_sum += g[l] * hs[n * VE + l];
-            dB_sum += dh * du[l];
-            s[l] += dh * bn;
-            const float q = dh * a * hprev[l];  // d loss / d log(a)
-            dA[n][l] += q * delta[l];
-            ddelta[l] += q * A[n][l];
-            carry[n][l] = a * dh;
-          }
-          dBt[n] += dB_sum;
-          dCt[n] += dC_sum;
+          const V dh = carry[n] + g * Ct[n];
+          dCt[n] += hsum(g * hs[n]);
+          dBt[n] += hsum(dh * k.du);
+          s += dh * Bt[n];
+          const V q = dh * as[n] * hp[n];  // d loss / d log(a)
+          dA[n] += q * k.delta;
+          ddelta += q * w.A[n];
+          carry[n] = as[n] * dh;
         }
-        float* du_out = d.du + (b * L + t) * E + e0;
-        float* ddt_out = d.ddt + (b * L + t) * E + e0;
-#pragma omp simd
-        for (int l = 0; l < VE; ++l) {
-          du_out[l] = s[l] * delta[l] + g[l] * D[l];
-          const float dd = ddelta[l] + s[l] * u[l];
-          const float ddt = pre[l] > 20.0f ? dd : dd * sigmoid_fast(pre[l]);
-          ddt_out[l] = ddt;
-          dD[l] += g[l] * u[l];
-          dbias[l] += ddt;
-        }
+        store(d.du + (b * L + t) * E + e0, s * k.delta + g * w.D);
+        const V dd = ddelta + s * k.u;
+        const V ddt = k.pre > 20.0f ? dd : dd * sigmoid_fast(k.pre);
+        store(d.ddt + (b * L + t) * E + e0, ddt);
+        dD += g * k.u;
+        dbias += ddt;
       }
     }
-    for (int l = 0; l < VE; ++l) {
+    for (int l = 0; l < W; ++l) {
       for (int64_t n = 0; n < N; ++n) d.dA[(b * E + e0 + l) * N + n] = dA[n][l];
       if (d.dD) d.dD[b * E + e0 + l] = dD[l];
       if (d.dbias) d.dbias[b * E + e0 + l] = dbias[l];
@@ -342,21 +341,95 @@ struct Item {
   // dz = grad_out * (y0 + y1) / 2 * silu'(z), with y0 + y1 accumulated in p.dz by backward().
   void gate_gradient() const {
     for (int64_t t = 0; t < p.length; ++t) {
-      const float* zp = p.z + b * p.z_sb + t * p.z_sl + e0;
-      const float* go = p.grad_out + (b * p.length + t) * p.channels + e0;
+      const V z = load<V>(p.z + b * p.z_sb + t * p.z_sl + e0);
+      const V go = load<V>(p.grad_out + (b * p.length + t) * p.channels + e0);
       float* dz = p.dz + (b * p.length + t) * p.channels + e0;
-#pragma omp simd
-      for (int l = 0; l < VE; ++l) {
-        const float sg = sigmoid_fast(zp[l]);
-        dz[l] = 0.5f * go[l] * dz[l] * sg * (1.0f + zp[l] * (1.0f - sg));
-      }
+      const V sg = sigmoid_fast(z);
+      store(dz, 0.5f * go * load<V>(dz) * sg * (1.0f + z * (1.0f - sg)));
     }
   }
 };
 
-// Runs fn(item) for every (batch, channel block): full blocks of VIMAMBA_LANES channels, then single channels.
-template <typename FullFn, typename TailFn>
-void for_each_item(const VimScanProblem& p, FullFn full, TailFn tail) {
+// One work item of the convolutions: batch element b, channels [e0, e0 + W).
+template <int W>
+struct ConvItem {
+  typedef typename Vec<W>::f V;
+  const VimConvProblem& p;
+  int64_t b, e0;
+
+  template <bool Checked = true>
+  V x_at(int64_t t) const {  // x[t], zero outside the sequence (Checked=false: t is known to be inside)
+    return !Checked || (t >= 0 && t < p.length) ? load<V>(p.x + b * p.x_sb + t * p.x_sl + e0) : splat<V>(0.0f);
+  }
+
+  void taps(int dir, V* w, V& bias) const {
+    const int64_t K = p.width;
+    for (int64_t k = 0; k < K; ++k)
+      for (int l = 0; l < W; ++l) w[k][l] = p.w[dir][(e0 + l) * K + k];
+    bias = p.bias[dir] ? load<V>(p.bias[dir] + e0) : splat<V>(0.0f);
+  }
+
+  // Pre-activation of branch dir at token t: tap k reads x[t - (K-1) + k] (dir 0) or x[t + (K-1) - k] (dir 1).
+  V pre(int dir, const V* w, V bias, int64_t t) const {
+    const int64_t K = p.width;
+    const bool inside = t >= K - 1 && t + K - 1 < p.length;  // no tap falls outside the sequence
+    V acc = bias;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t s = dir == 0 ? t - (K - 1) + k : t + (K - 1) - k;
+      acc += w[k] * (inside ? x_at<false>(s) : x_at(s));
+    }
+    return acc;
+  }
+
+  void forward() const {
+    V w[2][kMaxWidth], bias[2];
+    taps(0, w[0], bias[0]);
+    taps(1, w[1], bias[1]);
+    for (int64_t t = 0; t < p.length; ++t) {
+      const int64_t at = (b * p.length + t) * p.channels + e0;
+      store(p.out[0] + at, silu_fast(pre(0, w[0], bias[0], t)));
+      store(p.out[1] + at, silu_fast(pre(1, w[1], bias[1], t)));
+    }
+  }
+
+  // scratch: 2 * L vectors for the gradients of the pre-activations.
+  void backward(V* scratch) const {
+    const int64_t K = p.width, L = p.length;
+    V w[2][kMaxWidth], bias[2];
+    for (int dir = 0; dir < 2; ++dir) {
+      taps(dir, w[dir], bias[dir]);
+      V dw[kMaxWidth], db = splat<V>(0.0f);
+      for (int64_t k = 0; k < K; ++k) dw[k] = splat<V>(0.0f);
+      V* g_pre = scratch + dir * L;
+      for (int64_t t = 0; t < L; ++t) {
+        const V z = pre(dir, w[dir], bias[dir], t), sg = sigmoid_fast(z);
+        const V g = load<V>(p.grad[dir] + (b * L + t) * p.channels + e0) * sg * (1.0f + z * (1.0f - sg));
+        g_pre[t] = g;
+        db += g;
+        for (int64_t k = 0; k < K; ++k) dw[k] += g * x_at(dir == 0 ? t - (K - 1) + k : t + (K - 1) - k);
+      }
+      for (int l = 0; l < W; ++l) {
+        for (int64_t k = 0; k < K; ++k) p.dw[dir][(b * p.channels + e0 + l) * K + k] = dw[k][l];
+        if (p.dbias[dir]) p.dbias[dir][b * p.channels + e0 + l] = db[l];
+      }
+    }
+    // dx[s] = sum_k w_f[k] g_f[s + (K-1) - k] + w_b[k] g_b[s - (K-1) + k]: the adjoint of each conv is the other one.
+    for (int64_t s = 0; s < L; ++s) {
+      V acc = splat<V>(0.0f);
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t tf = s + (K - 1) - k, tb = s - (K - 1) + k;
+        if (tf < L) acc += w[0][k] * scratch[tf];
+        if (tb >= 0) acc += w[1][k] * scratch[L + tb];
+      }
+      store(p.dx + (b * L + s) * p.channels + e0, acc);
+    }
+  }
+};
+
+// Runs fn(item, thread) for every (batch, channel block): full blocks of VIMAMBA_LANES channels, then single
+// channels for the rest.
+template <template <int> class Work, typename Problem, typename Fn>
+void for_each_item(const Problem& p, Fn fn) {
   const int64_t full_blocks = p.channels / VIMAMBA_LANES;
   const int64_t per_batch = full_blocks + (p.channels - full_blocks * VIMAMBA_LANES);
   const int64_t items = p.batch * per_batch;
@@ -368,12 +441,16 @@ void for_each_item(const VimScanProblem& p, FullFn full, TailFn tail) {
     for (int64_t k = 0; k < items; ++k) {
       const int64_t b = k / per_batch, block = k % per_batch;
       if (block < full_blocks) {
-        full(Item<VIMAMBA_LANES>{p, b, block * VIMAMBA_LANES}, thread);
+        fn(Work<VIMAMBA_LANES>{p, b, block * VIMAMBA_LANES}, thread);
       } else {
-        tail(Item<1>{p, b, full_blocks * VIMAMBA_LANES + (block - full_blocks)}, thread);
+        fn(Work<1>{p, b, full_blocks * VIMAMBA_LANES + (block - full_blocks)}, thread);
       }
     }
   }
+}
+
+bool valid(const VimConvProblem* p) {
+  return p != nullptr && p->width >= 1 && p->width <= kMaxWidth && p->length >= 0;
 }
 
 bool valid(const VimScanProblem* p) {
@@ -385,22 +462,44 @@ bool valid(const VimScanProblem* p) {
 
 int vimamba_scan_forward(const VimScanProblem* p) {
   if (!valid(p)) return 1;
-  auto run = [](auto item, int) { item.forward(0); item.forward(1); };
-  for_each_item(*p, run, run);
+  for_each_item<Item>(*p, [](auto item, int) { item.forward(0); item.forward(1); });
   return 0;
 }
 
 int vimamba_scan_backward(const VimScanProblem* p) {
   if (!valid(p)) return 1;
-  const int64_t scratch = p->chunk * p->n_state * VIMAMBA_LANES;
-  std::vector<std::vector<float>> buffers(std::max<int64_t>(1, p->num_threads));
-  for (auto& buffer : buffers) buffer.resize(2 * scratch);
-  auto run = [&](auto item, int thread) {
-    float* h_buf = buffers[thread].data();
-    item.backward(0, h_buf, h_buf + scratch, thread);
-    item.backward(1, h_buf, h_buf + scratch, thread);
+  typedef Vec<VIMAMBA_LANES>::f V;
+  // Per thread: states and decays of one chunk, and its per-token quantities (4 vectors a token). Single-channel
+  // items use the front of the same memory.
+  const int64_t scratch = p->chunk * p->n_state;
+  std::vector<std::vector<V>> buffers(std::max<int64_t>(1, p->num_threads));
+  for (auto& buffer : buffers) buffer.resize(2 * scratch + 4 * p->chunk);
+  for_each_item<Item>(*p, [&](auto item, int thread) {
+    typedef decltype(item) It;
+    typedef typename It::V IV;
+    V* base = buffers[thread].data();
+    IV* h_buf = reinterpret_cast<IV*>(base);
+    IV* a_buf = reinterpret_cast<IV*>(base + scratch);
+    auto* tokens = reinterpret_cast<typename It::Token*>(base + 2 * scratch);
+    item.backward(0, h_buf, a_buf, tokens, thread);
+    item.backward(1, h_buf, a_buf, tokens, thread);
     if (p->dz != nullptr) item.gate_gradient();
-  };
-  for_each_item(*p, run, run);
+  });
+  return 0;
+}
+
+int vimamba_conv_silu_forward(const VimConvProblem* p) {
+  if (!valid(p)) return 1;
+  for_each_item<ConvItem>(*p, [](auto item, int) { item.forward(); });
+  return 0;
+}
+
+int vimamba_conv_silu_backward(const VimConvProblem* p) {
+  if (!valid(p)) return 1;
+  typedef Vec<VIMAMBA_LANES>::f V;
+  for_each_item<ConvItem>(*p, [&](auto item, int thread) {
+    typedef typename decltype(item)::V IV;
+    item.backward(reinterpret_cast<IV*>(reinterpret_cast<V*>(p->scratch) + thread * 2 * p->length));
+  });
   return 0;
 }
