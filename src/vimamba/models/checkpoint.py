@@ -15,7 +15,6 @@ import json
 import math
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -109,15 +108,15 @@ def _torch_load(path: Path, trust_pickle: bool):
         # Official training checkpoints store their argparse.Namespace next to the weights.
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except Exception as e:  # torch.load raises many types for damaged files (RuntimeError, KeyError, EOFError, ...)
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"'{path}' holds Python objects that are not loaded by default for safety. If you trust the file, "
+                f"load it with trust_pickle=True (command line: --trust-checkpoint). Details: {str(e).splitlines()[0]}"
+            ) from e
         raise CheckpointError(
-            f"'{path}' holds Python objects that are not loaded by default for safety ({e}). If you trust the file, "
-            "load it with trust_pickle=True (command line: --trust-checkpoint)."
-        ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(
-            f"could not read '{path}' as a PyTorch checkpoint: {e}. The file may be truncated (an interrupted "
-            "download or copy) or not a checkpoint at all."
+            f"could not read '{path}' as a PyTorch checkpoint ({type(e).__name__}: {e}). The file may be truncated "
+            "(an interrupted download or copy) or not a checkpoint at all."
         ) from e
 
 
@@ -252,6 +251,7 @@ def _describe_config(config: dict) -> str:
     from .registry import find_registered_name  # local import: registry imports this module
 
     img = config.get("img_size", 224)
+    img = f"{img[0]}x{img[1]}" if isinstance(img, (list, tuple)) else img
     parts = [
         f"embed_dim={config['embed_dim']}", f"depth={config['depth']}", f"d_state={config['d_state']}",
         f"patch {config['patch_size']}", f"stride {config.get('stride', config['patch_size'])} at {img}px",
@@ -334,7 +334,7 @@ def load_checkpoint(
                 incoming.pop(key)
                 report.skipped.append(key)
 
-    missing = [k for k in target if k not in incoming]
+    missing = [k for k in target if k not in incoming and k not in report.skipped]
     unexpected = [k for k in incoming if k not in target]
     mis_shaped = [
         f"{k}: checkpoint {tuple(incoming[k].shape)} vs model {tuple(target[k].shape)}"

@@ -45,14 +45,15 @@ def _models(args) -> int:
     if not names:
         print(f"no model matches {args.pattern!r}")
         return 1
-    print(f"{'name':<60} {'params':>12} {'tokens@224':>10} {'official top-1':>14}")
+    width = max(len(n) for n in names)
+    print(f"{'name':<{width}} {'params':>12} {'tokens@224':>10} {'official top-1':>14}")
     for name in names:
         entry = get_model_entry(name)
         with torch.device("meta"):
             model = VisionMamba(VimConfig(**entry.config))
         tokens = model.patch_embed.num_patches + 1
         top1 = f"{entry.top1:.1f}" if entry.top1 is not None else "-"
-        print(f"{name:<60} {_count(model):>12,} {tokens:>10} {top1:>14}")
+        print(f"{name:<{width}} {_count(model):>12,} {tokens:>10} {top1:>14}")
     return 0
 
 

@@ -210,7 +210,7 @@ def _register_with_timm(entry: ModelEntry) -> None:
             out_indices = kwargs.pop("out_indices", None)
             model = create_model(_name, pretrained=True if pretrained is True else (pretrained or None), **kwargs)
             if features_only:
-                from timm.models import FeatureGetterNet
+                from timm.models._features import FeatureGetterNet
 
                 return FeatureGetterNet(model, out_indices=out_indices if out_indices is not None else 4)
             return model

@@ -291,6 +291,9 @@ class VisionMamba(nn.Module):
         drop_path_rates = [cfg.drop_path_rate * k / max(cfg.depth - 1, 1) for k in range(cfg.depth)]
         self.layers = nn.ModuleList(VimBlock(cfg, drop_path=rate) for rate in drop_path_rates)
         self.norm_f = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        # timm feature metadata (features_only / FeatureGetterNet): one (B, D, H/stride, W/stride) map per block
+        self.feature_info = [dict(module=f"layers.{i}", num_chs=cfg.embed_dim, reduction=cfg.stride)
+                             for i in range(cfg.depth)]
 
         self.init_weights()
 
@@ -357,6 +360,8 @@ class VisionMamba(nn.Module):
             pe.stride = stride
             pe.proj.stride = (stride, stride)
             self.cfg.stride = stride
+            for info in self.feature_info:
+                info["reduction"] = stride
         if img_size is not None:
             pe.img_size = self.cfg.img_size = _to_2tuple(img_size)
         pe.grid_size = pe.feat_size(pe.img_size)

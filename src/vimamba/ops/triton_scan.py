@@ -1,0 +1,308 @@
+"""The fused bidirectional selective scan on CUDA GPUs with Triton: host side and autograd.
+
+:func:`bidirectional_scan_triton` has the signature and semantics of
+:func:`vimamba.ops.reference.bidirectional_scan_reference`::
+
+    out = silu(z) * (scan_forward(x_f) + scan_backward(x_b)) / 2
+
+computed by one forward kernel (both directions per program, output written once) and one backward kernel
+(chunks walked in reverse from saved chunk-entry states); see :mod:`vimamba.ops.triton_scan_kernels` for the
+algorithm. Inputs stay in the token-major layout the projections produce, (batch, L, E) and (batch, L, N), any
+strides with a unit last stride (others are copied once); float32, bfloat16 and float16 are read as they are, the
+state and all arithmetic are float32, the output has the dtype of ``x_f`` and every gradient the dtype of its input.
+
+Memory kept for backward: the inputs plus the state entering every chunk, (batch, 2, ceil(L / block_t), E, N)
+float32 - with N = 16 and block_t = 32 that is one float32 (batch, L, E) tensor for both directions, where the full
+state would be 32 of them.
+
+Gradients of B and C are summed over channel blocks with float32 atomics (fast, order not reproducible); under
+``torch.use_deterministic_algorithms(True)`` each block writes its own partial buffer and the host sums them in a
+fixed order instead.
+
+The kernels need a CUDA device, or Triton's CPU interpreter (``TRITON_INTERPRET=1`` set before this module is
+imported, which is how the tests run them without a GPU; slow, for testing only).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+
+try:
+    import triton
+except ImportError:  # CPU-only torch wheels ship without Triton
+    triton = None
+
+if triton is not None:
+    from . import triton_scan_kernels as _kernels
+
+__all__ = ["bidirectional_scan_triton", "is_available", "INTERPRETED", "TritonScanConfig", "use_config",
+           "current_config"]
+
+#: True when the kernels run in Triton's CPU interpreter: Triton decides this from ``TRITON_INTERPRET`` when a
+#: kernel is decorated, i.e. when this module is imported.
+INTERPRETED = triton is not None and not isinstance(_kernels.bidirectional_scan_fwd_kernel, triton.runtime.JITFunction)
+
+_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_MAX_GRID_Y = 65535  # CUDA limit of the second grid axis (the batch axis here)
+
+
+def is_available() -> bool:
+    """Triton imports and its kernels can run: a CUDA device is present, or the kernels are interpreted."""
+    return triton is not None and (INTERPRETED or torch.cuda.is_available())
+
+
+@dataclass(frozen=True)
+class TritonScanConfig:
+    """Launch parameters (powers of two). ``block_t`` is both the chunk of tokens scanned in parallel and the
+    checkpoint interval of the backward pass; the per-program tile is block_t x block_e x next_pow2(N) float32.
+    The defaults are a first guess, not yet tuned on a GPU (``benchmarks/scan_triton.py --sweep`` does that)."""
+
+    block_t: int = 32
+    block_e_fwd: int = 16
+    block_e_bwd: int = 8
+    num_warps_fwd: int = 4
+    num_warps_bwd: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("block_t", "block_e_fwd", "block_e_bwd", "num_warps_fwd", "num_warps_bwd"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"TritonScanConfig.{name} must be a power of two, got {value}")
+
+
+_CONFIG = TritonScanConfig()
+
+
+def current_config() -> TritonScanConfig:
+    """The launch parameters in use."""
+    return _CONFIG
+
+
+@contextlib.contextmanager
+def use_config(config: TritonScanConfig) -> Iterator[TritonScanConfig]:
+    """Run the Triton scan with other launch parameters inside a ``with`` block (benchmark sweeps)."""
+    global _CONFIG
+    previous, _CONFIG = _CONFIG, config
+    try:
+        yield config
+    finally:
+        _CONFIG = previous
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _chunk_length(length: int, config: TritonScanConfig) -> int:
+    """Tokens per chunk: the configured block, smaller for short sequences (at least 16 for the GPU's sake)."""
+    return min(config.block_t, max(16, _next_power_of_2(length)))
+
+
+def _channel_block(block_e: int, block_n: int) -> int:
+    """Channels per program, fewer when the state is wider than 16 so the tile stays the same size."""
+    return max(1, min(block_e, block_e * 16 // block_n))
+
+
+def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """The kernels address the last axis with stride 1 (true for every slice the Vim mixer passes)."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b, z) -> None:
+    named = {"x_f": x_f, "x_b": x_b, "dt_f": dt_f, "dt_b": dt_b, "B_f": B_f, "B_b": B_b, "C_f": C_f, "C_b": C_b,
+             "A_f": A_f, "A_b": A_b, "D_f": D_f, "D_b": D_b, "dt_bias_f": bias_f, "dt_bias_b": bias_b}
+    if z is not None:
+        named["z"] = z
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+        if t.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(
+                f"the Triton scan reads float32, bfloat16 or float16 and computes in float32; {name} is {t.dtype} "
+                f"(use impl='chunked' or 'reference' for other dtypes)"
+            )
+        if t.device != x_f.device:
+            raise ValueError(f"all inputs must be on one device: x_f is on {x_f.device}, {name} on {t.device}")
+    if x_f.dim() != 3:
+        raise ValueError(f"x_f must be (batch, L, E), got shape {tuple(x_f.shape)}")
+    batch, length, channels = x_f.shape
+    if A_f.dim() != 2 or A_f.shape[0] != channels:
+        raise ValueError(f"A_f must be (E, N) = ({channels}, N), got shape {tuple(A_f.shape)}")
+    n_state = A_f.shape[1]
+    expected = {"x_b": (batch, length, channels), "dt_f": (batch, length, channels),
+                "dt_b": (batch, length, channels), "z": (batch, length, channels),
+                "B_f": (batch, length, n_state), "B_b": (batch, length, n_state), "C_f": (batch, length, n_state),
+                "C_b": (batch, length, n_state), "A_b": (channels, n_state), "D_f": (channels,), "D_b": (channels,),
+                "dt_bias_f": (channels,), "dt_bias_b": (channels,)}
+    for name, shape in expected.items():
+        if name in named and tuple(named[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} (from x_f {tuple(x_f.shape)} and A_f "
+                             f"{tuple(A_f.shape)}), got {tuple(named[name].shape)}")
+    if batch > _MAX_GRID_Y:
+        raise ValueError(f"the Triton scan supports at most {_MAX_GRID_Y} sequences per call, got {batch}")
+    if x_f.device.type != "cuda" and not INTERPRETED:
+        raise RuntimeError(
+            f"the Triton scan runs on CUDA tensors (got {x_f.device}); on CPU use impl='chunked', or set "
+            f"TRITON_INTERPRET=1 before importing vimamba to run the kernels in Triton's (slow) interpreter"
+        )
+
+
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it the inputs' device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _direction_args(x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> List[int]:
+    """(batch stride, token stride) of x, dt, B, C, in the kernels' argument order."""
+    return [x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1)]
+
+
+def _forward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], save_states: bool,
+             config: TritonScanConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor], int]:
+    """Launch the forward kernel. Returns (out, chunk-entry states or None, block_t)."""
+    x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b = inputs
+    batch, length, channels = x_f.shape
+    n_state = A_f.shape[1]
+    block_t = _chunk_length(length, config)
+    block_n = _next_power_of_2(n_state)
+    block_e = _channel_block(config.block_e_fwd, block_n)
+    n_chunks = _cdiv(length, block_t)
+    out = torch.empty((batch, length, channels), dtype=x_f.dtype, device=x_f.device)
+    if out.numel() == 0:
+        return out.zero_(), None, block_t
+    workspace = torch.empty((batch, length, channels), dtype=torch.float32, device=x_f.device)
+    states = (torch.empty((batch, 2, n_chunks, channels, n_state), dtype=torch.float32, device=x_f.device)
+              if save_states else None)
+    z_arg = z if z is not None else x_f  # never read without z
+    grid = (_cdiv(channels, block_e), batch)
+    with _on_device(x_f.device):
+        _kernels.bidirectional_scan_fwd_kernel[grid](
+            x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
+            x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
+            z_arg, out, workspace, states if states is not None else workspace,
+            *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
+            z_arg.stride(0), z_arg.stride(1), out.stride(0), out.stride(1),
+            length, channels, n_state, n_chunks,
+            HAS_Z=z is not None, SAVE_STATES=save_states, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_N=block_n,
+            num_warps=config.num_warps_fwd,
+        )
+    return out, states, block_t
+
+
+def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], states: torch.Tensor,
+              dout: torch.Tensor, block_t: int, config: TritonScanConfig) -> Tuple[Optional[torch.Tensor], ...]:
+    """Launch the backward kernel. Returns the gradients of (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b,
+    D_f, D_b, dt_bias_f, dt_bias_b, z)."""
+    x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b = inputs
+    batch, length, channels = x_f.shape
+    n_state = A_f.shape[1]
+    device, f32 = x_f.device, torch.float32
+    block_n = _next_power_of_2(n_state)
+    block_e = _channel_block(config.block_e_bwd, block_n)
+    n_chunks = states.shape[2]
+    e_blocks = _cdiv(channels, block_e)
+    atomic = not torch.are_deterministic_algorithms_enabled()
+    bc_blocks = 1 if atomic else e_blocks
+
+    def token_grad(like: torch.Tensor) -> torch.Tensor:
+        return torch.empty((batch, length, channels), dtype=like.dtype, device=device)
+
+    dx_f, dx_b, ddt_f, ddt_b = token_grad(x_f), token_grad(x_b), token_grad(dt_f), token_grad(dt_b)
+    dz = token_grad(z) if z is not None else None
+    workspace = torch.empty((batch, length, channels), dtype=f32, device=device) if z is not None else dx_f
+    bc_alloc = torch.zeros if atomic else torch.empty
+    dB_f, dB_b, dC_f, dC_b = (bc_alloc((bc_blocks, batch, length, n_state), dtype=f32, device=device)
+                              for _ in range(4))
+    dA_f, dA_b = (torch.empty((batch, channels, n_state), dtype=f32, device=device) for _ in range(2))
+    dD_f, dD_b, dbias_f, dbias_b = (torch.empty((batch, channels), dtype=f32, device=device) for _ in range(4))
+    z_arg = z if z is not None else x_f  # never read without z
+    dz_arg = dz if dz is not None else dx_f  # never written without z
+
+    with _on_device(device):
+        _kernels.bidirectional_scan_bwd_kernel[(e_blocks, batch)](
+            x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
+            x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
+            z_arg, dout, workspace, states,
+            dx_f, ddt_f, dB_f, dC_f, dA_f, dD_f, dbias_f,
+            dx_b, ddt_b, dB_b, dC_b, dA_b, dD_b, dbias_b,
+            dz_arg,
+            *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
+            z_arg.stride(0), z_arg.stride(1), dout.stride(0), dout.stride(1), dx_f.stride(0), dx_f.stride(1),
+            dB_f.stride(0) if not atomic else 0, dB_f.stride(1), dB_f.stride(2),
+            length, channels, n_state, n_chunks,
+            HAS_Z=z is not None, ATOMIC_BC=atomic, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_N=block_n,
+            num_warps=config.num_warps_bwd,
+        )
+
+    def reduced(partial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return partial.sum(0).to(like.dtype)
+
+    return (dx_f, dx_b, ddt_f, ddt_b,
+            reduced(dB_f, B_f), reduced(dB_b, B_b), reduced(dC_f, C_f), reduced(dC_b, C_b),
+            reduced(dA_f, A_f), reduced(dA_b, A_b), reduced(dD_f, D_f), reduced(dD_b, D_b),
+            reduced(dbias_f, bias_f), reduced(dbias_b, bias_b), dz)
+
+
+class _BidirectionalScanFunction(torch.autograd.Function):
+    """Autograd wrapper: forward saves the inputs and the chunk-entry states, backward runs the backward kernel."""
+
+    @staticmethod
+    def forward(ctx, config: TritonScanConfig, z: Optional[torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        out, states, block_t = _forward(inputs, z, save_states=True, config=config)
+        ctx.config, ctx.block_t = config, block_t
+        if states is None:  # empty input: nothing to differentiate
+            states = out.new_zeros(0)
+        ctx.save_for_backward(states, z, *inputs)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        states, z, *inputs = ctx.saved_tensors
+        if states.numel() == 0:
+            grads = [torch.zeros_like(t) for t in inputs] + [torch.zeros_like(z) if z is not None else None]
+        else:
+            grads = list(_backward(tuple(inputs), z, states, _unit_last_stride(dout), ctx.block_t, ctx.config))
+        dz = grads.pop()
+        return (None, dz, *grads)
+
+
+def bidirectional_scan_triton(
+    x_f: torch.Tensor,
+    x_b: torch.Tensor,
+    dt_f: torch.Tensor,
+    dt_b: torch.Tensor,
+    B_f: torch.Tensor,
+    B_b: torch.Tensor,
+    C_f: torch.Tensor,
+    C_b: torch.Tensor,
+    A_f: torch.Tensor,
+    A_b: torch.Tensor,
+    D_f: torch.Tensor,
+    D_b: torch.Tensor,
+    dt_bias_f: torch.Tensor,
+    dt_bias_b: torch.Tensor,
+    z: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """silu(z) * (y_f + y_b) / 2 by the fused Triton kernels; differentiable in every input.
+
+    Shapes (token-major): x_*, dt_*, z: (batch, L, E); B_*, C_*: (batch, L, N); A_*: (E, N); D_*, dt_bias_*: (E,).
+    Same definition as :func:`vimamba.ops.reference.bidirectional_scan_reference`: per direction
+    ``delta = softplus(dt + dt_bias)``, ``h_t = exp(delta_t A) h_prev + delta_t B_t x_t``, ``y_t = C_t . h_t + D x_t``
+    with h_prev the state of token t-1 (forward direction) or t+1 (backward direction).
+    """
+    _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
+    sequences = tuple(_unit_last_stride(t) for t in (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b))
+    parameters = tuple(t.contiguous() for t in (A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b))
+    z_ = _unit_last_stride(z) if z is not None else None
+    inputs = sequences + parameters
+    config = _CONFIG
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *(() if z_ is None else (z_,)))):
+        return _BidirectionalScanFunction.apply(config, z_, *inputs)
+    return _forward(inputs, z_, save_states=False, config=config)[0]
