@@ -149,7 +149,8 @@ def train_iterations(
         if checkpoint_extra and state.get("dense_config") != checkpoint_extra.get("dense_config"):
             raise ValueError(f"'{resume}' was written for another model configuration; resume with the same settings "
                              "(or start a new run with --pretrained for a backbone)")
-        restore_training_state(state, model=bare, optimizer=optimizer, scheduler=scheduler, scaler=precision)
+        # The schedule is a function of the iteration: rebuilt from this run's settings (so --iterations can grow).
+        restore_training_state(state, model=bare, optimizer=optimizer, scaler=precision)
         global_step, epoch, batch_in_epoch = state["global_step"], state["epoch"], state["batch_in_epoch"]
         manager.best_value = state.get("best_metric")
         log.keep_before(global_step + 1, key="iteration")
@@ -161,8 +162,7 @@ def train_iterations(
     scheduler.step_update(global_step)
 
     def save(metric_value: Optional[float] = None) -> None:
-        state = {"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": precision.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        state = {"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                  "global_step": global_step, "config": cfg.to_dict(), **(checkpoint_extra or {})}
         manager.save(state, metric_value=metric_value)
 
