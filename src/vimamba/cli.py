@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "vimamba.models.commands",  # models, info, convert
     "vimamba.train.commands",  # train, eval, predict
     "vimamba.data.commands",  # data fashion-mnist | cifar10 | check
+    "vimamba.dense.commands",  # segment, detect
     "vimamba.bench.commands",  # bench
 ]
 
