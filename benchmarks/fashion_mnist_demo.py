@@ -22,8 +22,7 @@ from pathlib import Path
 # 8D^2 MLP) is about twice a Vim block (~6.5D^2 with the SSM projections), so it gets fewer blocks.
 MODELS = {
     "vim": ["--model", "vim_tiny_patch16_224"],
-    "deit": ["--model", "deit_tiny_patch16_224", "--embed-dim", "96", "--depth", "4", "--num-heads", "3",
-             "--patch-size", "4"],
+    "deit": ["--model", "deit_tiny_patch16_224", "--embed-dim", "96", "--depth", "4", "--num-heads", "3"],
 }
 
 

@@ -167,7 +167,8 @@ def test_interrupted_run_resumes_to_the_same_result(folder, tmp_path, capsys):
     assert [r["epoch"] for r in records(interrupted)] == [1, 2]
 
 
-def test_sigint_from_outside_stops_a_cli_run_that_then_resumes(folder, tmp_path):
+def test_sigterm_to_the_whole_job_stops_a_run_that_then_resumes(folder, tmp_path):
+    # As `timeout`, `kill -- -PGID` and Slurm's scancel do: every process of the job, data workers included, gets it.
     out = tmp_path / "run"
     script = (
         "import sys, time, torch\n"
@@ -184,15 +185,15 @@ def test_sigint_from_outside_stops_a_cli_run_that_then_resumes(folder, tmp_path)
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, TESTS]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(1.0)  # usually into epoch 2 (the deterministic mid-epoch case is the test above)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "received SIGINT" in stderr and "vimamba train --resume" in stdout
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "received SIGTERM" in stderr and "vimamba train --resume" in stdout
     saved = load_training_checkpoint(out / "last.pth")
     assert saved["global_step"] == 6 * saved["epoch"] + saved["batch_in_epoch"] and 6 <= saved["global_step"] < 36
     rc = cli(["train", "--resume", str(out / "last.pth"), "--epochs", "4", "--workers", "0"])  # a shorter run now

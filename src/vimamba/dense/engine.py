@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..train.checkpointing import CheckpointManager, GracefulInterrupt, load_training_checkpoint, restore_training_state
+from ..train.checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
+                                  load_training_checkpoint, restore_training_state)
 from ..train.distributed import DistInfo, all_reduce_max, all_reduce_sums, print_once, seed_everything
 from ..train.optim import create_optimizer, create_scheduler
 from ..train.precision import MixedPrecision
@@ -136,7 +137,8 @@ def train_iterations(
     sampler = build_train_sampler(train_set, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         collate_fn=collate_fn, drop_last=True, pin_memory=dist.device.type == "cuda",
-                        persistent_workers=cfg.workers > 0)
+                        persistent_workers=cfg.workers > 0,
+                        worker_init_fn=leave_signals_to_main_process if cfg.workers > 0 else None)
     if len(loader) == 0:
         raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch of {cfg.batch_size} "
                          f"per process x {dist.world_size} processes")

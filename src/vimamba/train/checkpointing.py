@@ -41,7 +41,7 @@ from .distributed import all_gather_objects, get_rank, get_world_size, is_main_p
 
 __all__ = [
     "CheckpointManager", "GracefulInterrupt", "capture_rng_state", "restore_rng_state", "load_training_checkpoint",
-    "restore_training_state", "TrainingCheckpointError",
+    "restore_training_state", "TrainingCheckpointError", "leave_signals_to_main_process",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -260,3 +260,14 @@ class GracefulInterrupt:
 
     def __exit__(self, *exc) -> None:
         self._restore()
+
+
+def leave_signals_to_main_process(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT and SIGTERM.
+
+    Ctrl-C, ``timeout``, ``kill -- -PGID`` and Slurm's ``scancel`` signal every process of the job, data workers
+    included. A worker that died of it would take the run down before the main process had saved its checkpoint;
+    ignoring the signal leaves the main process (:class:`GracefulInterrupt`) to save and then shut its workers down.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

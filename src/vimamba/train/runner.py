@@ -10,7 +10,6 @@ Files in the output directory: ``config.json``, ``last.pth`` (every epoch, and o
 """
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -23,7 +22,8 @@ from ..data.datasets import open_split, resolve_dataset
 from ..data.images import collate_skipping_unreadable
 from ..data.transforms import Augmentation, build_eval_transform, build_train_transform
 from ..models.checkpoint import load_checkpoint, save_weights
-from .checkpointing import CheckpointManager, GracefulInterrupt, load_training_checkpoint, restore_training_state
+from .checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
+                            load_training_checkpoint, restore_training_state)
 from .config import TrainConfig
 from .distributed import (DistInfo, barrier, cleanup_distributed, init_distributed, print_once, seed_everything)
 from .engine import evaluate, train_one_epoch
@@ -33,12 +33,7 @@ from .precision import MixedPrecision, NonFiniteLossError
 from .reporting import MetricsLog, format_summary, plot_curves, write_json
 from .sampling import ShardedEvalSampler, build_train_sampler
 
-__all__ = ["run_training", "ignore_sigint_in_worker"]
-
-
-def ignore_sigint_in_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: Ctrl-C goes to the main process, which saves and stops the workers itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+__all__ = ["run_training"]
 
 
 def _loaders(cfg: TrainConfig, spec, pre, dist_info: DistInfo):
@@ -52,7 +47,7 @@ def _loaders(cfg: TrainConfig, spec, pre, dist_info: DistInfo):
                                   repeated_aug=cfg.repeated_aug)
     common = dict(num_workers=cfg.workers, pin_memory=dist_info.device.type == "cuda",
                   collate_fn=collate_skipping_unreadable, persistent_workers=cfg.workers > 0,
-                  worker_init_fn=ignore_sigint_in_worker if cfg.workers > 0 else None)
+                  worker_init_fn=leave_signals_to_main_process if cfg.workers > 0 else None)
     # The loader draws its workers' base seed from its own generator (re-seeded every epoch), not from the global
     # RNG, so the global RNG stream, saved in checkpoints, is the same whether or not a run was resumed.
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
