@@ -306,6 +306,8 @@ def test_disable_environment_variable(monkeypatch, fresh_library):
         warnings.simplefilter("error")
         assert not cpp_scan.is_available()
         assert ops.resolve_scan_impl(None, torch.device("cpu")) == "chunked"
+        assert ops.resolve_scan_impl("cpp", torch.device("cpu")) == "cpp"  # asked for by name ...
+        assert ops.scan_impl_in_use("cpp", torch.device("cpu")) == "chunked"  # ... but reported as what runs
 
 
 def test_auto_prefers_native_on_cpu(monkeypatch):

@@ -172,9 +172,9 @@ def run_configuration(config: Configuration) -> Measurement:
         result.tokens = count_tokens(model, config.resolution)
         result.input_resolution = size = input_resolution(model, config.resolution)
         if is_vim_model(config.model):
-            from ..ops import resolve_scan_impl
+            from ..ops import scan_impl_in_use
 
-            result.scan_impl = resolve_scan_impl(config.scan_impl if config.scan_impl != "auto" else None, device)
+            result.scan_impl = scan_impl_in_use(config.scan_impl if config.scan_impl != "auto" else None, device)
         model = model.to(device).train(config.mode == "train")
         images = torch.randn(config.batch_size, _input_channels(model), size, size, device=device)
         step = make_step(model, images, config.mode, config.dtype)

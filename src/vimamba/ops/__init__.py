@@ -37,6 +37,7 @@ __all__ = [
     "bidirectional_conv_silu",
     "available_scan_impls",
     "resolve_scan_impl",
+    "scan_impl_in_use",
     "SCAN_IMPL_ENV",
 ]
 
@@ -96,6 +97,16 @@ def resolve_scan_impl(impl: Optional[str], device: torch.device) -> str:
             f"unknown selective-scan implementation {name!r}; choose one of {['auto', *available_scan_impls()]} "
             f"(argument `scan_impl`/`impl` or environment variable {SCAN_IMPL_ENV})"
         )
+    return name
+
+
+def scan_impl_in_use(impl: Optional[str], device: torch.device) -> str:
+    """The implementation that actually computes for inputs on ``device`` (for reports): like
+    :func:`resolve_scan_impl`, except that ``"cpp"`` whose native kernel cannot be built here reports
+    ``"chunked"``, the path it falls back to."""
+    name = resolve_scan_impl(impl, device)
+    if name == "cpp" and not _usable("cpp"):
+        return "chunked"
     return name
 
 
