@@ -42,7 +42,7 @@ def run(name: str, extra: list, output: Path, threads: int) -> dict:
         "model": name, "parameters": summary["parameters"], "epochs": summary["epochs"],
         "test_top1": summary["final_top1"], "best_top1": summary["best_value"],
         "train_minutes": summary["train_seconds_total"] / 60, "wall_minutes": wall / 60,
-        "train_img_per_s": sum(r["train_img_per_s"] for r in log) / len(log),
+        "train_img_per_s": sum(r["train_img_per_s"] for r in log) / len(log),  # one record per epoch
     }
 
 

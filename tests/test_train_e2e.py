@@ -83,6 +83,9 @@ def test_training_learns_and_writes_everything(trained):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = records(out)
     assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    for r in log:  # the finer loss curve: points inside the epoch they belong to, ending at its end
+        xs = [x for x, _ in r["train_loss_trace"]]
+        assert xs and xs == sorted(xs) and r["epoch"] - 1 < xs[0] and xs[-1] == r["epoch"]
     assert log[-1]["train_loss"] < log[0]["train_loss"] - 0.05  # the loss goes down on a learnable set
     assert max(r["top1"] for r in log) >= 80.0  # chance is 33%
     assert summary["skipped_images"] == 4  # the broken PNG, once per epoch

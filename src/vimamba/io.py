@@ -18,7 +18,9 @@ PathLike = Union[str, os.PathLike]
 def atomic_write(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; on success fsync it and rename it over ``path``.
 
-    If the body raises (or the process dies) the target is untouched and the temporary file is removed.
+    If the body raises (or the process dies) the target is untouched and the temporary file is removed. The file
+    gets the permissions of the one it replaces, or those of any new file (0666 minus the umask), not the private
+    0600 of a temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +29,7 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,6 +44,12 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,8 @@ class EpochResult:
     skipped_images: int  # unreadable images left out, all processes
     skipped_steps: int  # optimizer steps skipped for non-finite loss/gradient in this epoch
     seconds: float
+    # (batches done, mean finite loss of this process since the previous point), every ``trace_every`` steps
+    loss_trace: List[Tuple[int, float]] = field(default_factory=list)
 
 
 def _unpack(batch):
@@ -62,12 +64,14 @@ def train_one_epoch(
     clip_grad: Optional[float] = None,
     accum_steps: int = 1,
     interrupt: Any = None,
+    trace_every: int = 0,
 ) -> EpochResult:
     """Train over ``loader`` (the rest of the epoch when resuming: ``batches_done`` already done).
 
     ``criterion(logits, targets)`` receives soft targets when ``mixup_fn`` is given. The scheduler is stepped per
     optimizer update (``step_update(global_step)``); ``ema.update(model, step=global_step)`` follows each update.
-    Stops after the current optimizer step when ``interrupt.requested`` is set on any rank.
+    Stops after the current optimizer step when ``interrupt.requested`` is set on any rank. With ``trace_every``,
+    the mean loss of every ``trace_every`` optimizer steps goes to ``loss_trace`` (for curves finer than epochs).
     """
     model.train()
     stats = ProgressStats()
@@ -83,6 +87,8 @@ def train_one_epoch(
     params = [p for p in model.parameters() if p.requires_grad]
     usable = total - total % accum_steps  # trailing micro-batches that cannot fill an optimizer step are dropped
     optimizer.zero_grad(set_to_none=True)
+    loss_trace: List[Tuple[int, float]] = []
+    trace_sum, trace_count = 0.0, 0
 
     for batch in bar:
         if batches_done >= usable:
@@ -108,6 +114,8 @@ def train_one_epoch(
             precision.backward(loss / accum_steps)
         loss_value = float(loss.detach()) if finite else float("nan")
         stats.update(loss_value, images.shape[0])
+        if finite:
+            trace_sum, trace_count = trace_sum + loss_value, trace_count + 1
         batches_done += 1
         if not last_micro:
             continue
@@ -121,6 +129,9 @@ def train_one_epoch(
             ema.update(unwrap_model(model), step=global_step)
         if scheduler is not None:
             scheduler.step_update(num_updates=global_step)
+        if trace_every and global_step % trace_every == 0 and trace_count:
+            loss_trace.append((batches_done, trace_sum / trace_count))
+            trace_sum, trace_count = 0.0, 0
         bar.set_postfix(stats.postfix(max(g["lr"] for g in optimizer.param_groups), world), refresh=False)
         stop = interrupt is not None and interrupt.requested is not None
         if all_reduce_max({"stop": float(stop)})["stop"] > 0:
@@ -133,6 +144,7 @@ def train_one_epoch(
         loss=stats.mean_loss, samples=int(sums["samples"]), global_step=global_step, batches_done=batches_done,
         interrupted=interrupted, skipped_images=int(sums["skipped"]),
         skipped_steps=precision.skipped_steps - skipped_steps_before, seconds=time.perf_counter() - start,
+        loss_trace=loss_trace,
     )
 
 

@@ -51,11 +51,14 @@ class _LogLines:
     def __iter__(self):
         for item in self.iterable:
             yield item
-            self.n += 1
-            now = time.perf_counter()
-            if now - self.last >= self.interval:
-                self.last = now
-                self._print(now)
+            self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._print(now)
 
     def _print(self, now: float) -> None:
         done = self.n - self.initial
@@ -66,8 +69,8 @@ class _LogLines:
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
         print(f"{self.desc}: {self.n}/{self.total or '?'}{extra}{eta}", file=sys.stderr, flush=True)
 
-    def set_postfix(self, values: Mapping[str, str], refresh: bool = False) -> None:
-        self.postfix = dict(values)
+    def set_postfix(self, ordered_dict: Optional[Mapping[str, str]] = None, refresh: bool = False, **values) -> None:
+        self.postfix = {**(ordered_dict or {}), **values}
 
     def close(self) -> None:
         pass
@@ -168,10 +171,12 @@ def write_json(path: PathLike, obj: Any) -> Path:
 
 def plot_curves(records: Sequence[Mapping[str, Any]], path: PathLike, *, loss_keys: Sequence[str] = (),
                 metric_keys: Sequence[str] = (), x_key: str = "epoch", title: str = "",
-                metric_label: str = "metric") -> Optional[Path]:
+                metric_label: str = "metric", trace_keys: Sequence[str] = ()) -> Optional[Path]:
     """Loss curves (left) and metric curves (right) against ``x_key``, saved as a PNG; None if nothing to plot.
 
     Keys missing from every record are left out; ``loss_keys`` defaults to every numeric key containing "loss".
+    ``trace_keys`` name lists of ``[x, loss]`` points inside the records (losses logged more often than ``x_key``
+    advances), drawn as thin lines on the loss panel.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no global backend switch
     from matplotlib.figure import Figure
@@ -181,6 +186,8 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: PathLike, *, loss_ke
         return None
     if not loss_keys:
         loss_keys = sorted({k for r in records for k, v in r.items() if "loss" in k and isinstance(v, (int, float))})
+    traces = {key: [(x, y) for r in records for x, y in r.get(key) or () if math.isfinite(y)] for key in trace_keys}
+    traces = {key: points for key, points in traces.items() if points}
     panels = [(list(loss_keys), "loss"), (list(metric_keys), metric_label)]
     panels = [(keys, label) for keys, label in panels if any(k in r for r in records for k in keys)]
     if not panels:
@@ -189,6 +196,10 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: PathLike, *, loss_ke
     FigureCanvasAgg(fig)
     for i, (keys, label) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
+        if i == 0 and label == "loss":
+            for key, points in traces.items():
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, linewidth=0.8, alpha=0.6, label=key)
         for key in keys:
             points = [(r[x_key], r[key]) for r in records
                       if isinstance(r.get(key), (int, float)) and x_key in r and math.isfinite(r[key])]

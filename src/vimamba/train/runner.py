@@ -209,7 +209,7 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
                     model, train_loader, criterion, optimizer, precision, device=device, epoch=epoch,
                     global_step=global_step, batches_done=batches_done, batches_per_epoch=batches_per_epoch,
                     scheduler=scheduler, mixup_fn=mixup_fn, ema=ema, clip_grad=cfg.clip_grad,
-                    accum_steps=cfg.accum_steps, interrupt=interrupt)
+                    accum_steps=cfg.accum_steps, interrupt=interrupt, trace_every=max(1, updates_per_epoch // 25))
             except NonFiniteLossError as e:
                 kept = (f"the last good checkpoint is '{manager.last_path}'" if manager.last_path.is_file() else
                         "no checkpoint had been written yet")
@@ -231,6 +231,8 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
                                       "lr": max(g["lr"] for g in optimizer.param_groups),
                                       "epoch_seconds": result.seconds,
                                       "train_img_per_s": result.samples / max(result.seconds, 1e-9)}
+            record["train_loss_trace"] = [[round(epoch + b / batches_per_epoch, 4), loss]
+                                          for b, loss in result.loss_trace]
             if result.skipped_images or result.skipped_steps:
                 record.update(skipped_images=result.skipped_images, skipped_steps=result.skipped_steps)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -244,6 +246,7 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
             manager.save(training_state(epoch + 1, 0), metric_value=record.get(cfg.best_metric))
             if dist_info.is_main:
                 plot_curves(metrics.read(), out / "curves.png", loss_keys=("train_loss", "val_loss", "ema_loss"),
+                            trace_keys=("train_loss_trace",),
                             metric_keys=("top1", "top5", "ema_top1"), metric_label="accuracy (%)",
                             title=f"{cfg.model} on {spec.name}")
             print_once(_epoch_line(record, cfg.epochs))
