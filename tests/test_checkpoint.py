@@ -179,23 +179,11 @@ def test_safetensors_metadata_is_plain_json(tmp_path):
 
 
 def test_pretrained_download_without_network_says_what_to_do(monkeypatch):
-    import huggingface_hub
+    import timm.models._hub
 
     def no_network(*args, **kwargs):
         raise ConnectionError("network is unreachable")
 
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", no_network)
-    with pytest.raises(RuntimeError, match="hustvl/Vim-tiny-midclstok.*pretrained='path/to/file.pth'"):
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", no_network)
+    with pytest.raises(RuntimeError, match="hustvl/Vim-tiny-midclstok.*pretrained='path/to/vim_t_midclstok_76p1acc"):
         vimamba.create_model("vim_tiny_patch16_224", pretrained=True, depth=1)
-
-
-def test_official_download_picks_the_fine_tuned_file_for_stride8(monkeypatch):
-    import huggingface_hub
-
-    files = [".gitattributes", "README.md", "vim_t_midclstok_76p1acc.pth", "vim_t_midclstok_ft_78p3acc.pth"]
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo: files)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: f"{repo}/{name}")
-    from vimamba.models.registry import _download_official, get_model_entry
-
-    assert _download_official(get_model_entry("vim_tiny_patch16_stride8_224")).endswith("ft_78p3acc.pth")
-    assert _download_official(get_model_entry("vim_tiny_patch16_224")).endswith("midclstok_76p1acc.pth")

@@ -1,13 +1,20 @@
-"""Vision Mamba models: the architecture, the registry of variants, checkpoints and position embeddings."""
+"""Vision Mamba models: the architecture, the registered variants (timm models), checkpoints and position embeddings.
+
+Layers, each importing only those above it: ``vim`` (the network) -> ``variants`` (the table of registered
+variants) -> ``checkpoint`` (reading, checking and writing weight files) -> ``weights`` (pretrained weights into a
+model: timm's checkpoint filter and the local-file loader) -> ``registry`` (timm entrypoints and pretrained cfgs,
+``create_model``, ``load_model``).
+"""
 from .checkpoint import (Checkpoint, CheckpointError, LoadReport, load_checkpoint, read_checkpoint,
                          save_weights)
 from .pos_embed import resize_pos_embed
-from .registry import create_model, data_config, list_models, load_model, model_config
+from .registry import create_model, list_models, load_model, model_config
 from .vim import BiMambaMixer, PatchEmbed, RMSNorm, VimBlock, VimConfig, VisionMamba
+from .weights import checkpoint_filter_fn
 
 __all__ = [
     "VisionMamba", "VimConfig", "VimBlock", "BiMambaMixer", "RMSNorm", "PatchEmbed",
-    "create_model", "list_models", "load_model", "model_config", "data_config",
+    "create_model", "list_models", "load_model", "model_config",
     "load_checkpoint", "read_checkpoint", "save_weights", "Checkpoint", "CheckpointError", "LoadReport",
-    "resize_pos_embed",
+    "checkpoint_filter_fn", "resize_pos_embed",
 ]

@@ -24,13 +24,16 @@ import torch.nn as nn
 
 from ..io import atomic_write
 from .pos_embed import infer_square_grid, resize_pos_embed
+from .variants import find_registered_name
 
 __all__ = [
     "CheckpointError",
     "Checkpoint",
     "LoadReport",
     "read_checkpoint",
+    "select_weights",
     "load_checkpoint",
+    "prepare_state_dict",
     "save_weights",
     "infer_config",
     "clean_state_dict",
@@ -132,6 +135,37 @@ def _read_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, st
     return tensors, metadata
 
 
+def select_weights(obj: dict, weights: str = "auto",
+                   where: str = "the checkpoint") -> Tuple[Dict[str, torch.Tensor], str]:
+    """The weights inside a checkpoint dict and where they were: ``(clean state_dict, "'model'")``.
+
+    A bare state_dict is returned as it is. In a training checkpoint (the official ``{"model", "model_ema",
+    "optimizer", "args", ...}`` layout, or ``state_dict``/``module``/``model_state_dict``), ``weights`` picks the
+    trained weights ("model"), the EMA weights ("ema"), or the trained weights else the EMA ones ("auto").
+    """
+    if weights not in ("auto", "model", "ema"):
+        raise ValueError(f"weights must be 'auto', 'model' or 'ema', got {weights!r}")
+    if _is_state_dict(obj):
+        if weights == "ema":
+            raise CheckpointError(f"{where} is a bare state_dict; it has no EMA weights")
+        return clean_state_dict(obj), "(bare state_dict)"
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{where} holds a {type(obj).__name__}, not model weights")
+    model_keys = [k for k in _MODEL_KEYS if _is_state_dict(obj.get(k))]
+    ema_keys = [k for k in _EMA_KEYS if _is_state_dict(obj.get(k))]
+    if weights == "ema":
+        candidates = ema_keys
+    elif weights == "model":
+        candidates = model_keys
+    else:
+        candidates = model_keys + ema_keys
+    if not candidates:
+        wanted = {"ema": "EMA weights (model_ema)", "model": "model weights (model)"}.get(weights, "model weights")
+        raise CheckpointError(f"no {wanted} found in {where}; its top-level keys are {sorted(map(str, obj))}")
+    key = candidates[0]
+    return clean_state_dict(obj[key]), f"'{key}'"
+
+
 def read_checkpoint(path: PathLike, weights: str = "auto", trust_pickle: bool = False) -> Checkpoint:
     """Open a checkpoint file and find the model weights in it.
 
@@ -162,33 +196,17 @@ def read_checkpoint(path: PathLike, weights: str = "auto", trust_pickle: bool = 
         )
 
     obj = _torch_load(path, trust_pickle)
+    state_dict, key = select_weights(obj, weights, f"'{path}'")
     if _is_state_dict(obj):
-        if weights == "ema":
-            raise CheckpointError(f"'{path}' is a bare state_dict; it has no EMA weights")
-        return Checkpoint(state_dict=clean_state_dict(obj), path=path)
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not model weights")
-
-    model_keys = [k for k in _MODEL_KEYS if _is_state_dict(obj.get(k))]
-    ema_keys = [k for k in _EMA_KEYS if _is_state_dict(obj.get(k))]
-    if weights == "ema":
-        candidates = ema_keys
-    elif weights == "model":
-        candidates = model_keys
-    else:
-        candidates = model_keys + ema_keys
-    if not candidates:
-        wanted = {"ema": "EMA weights (model_ema)", "model": "model weights (model)"}.get(weights, "model weights")
-        raise CheckpointError(f"no {wanted} found in '{path}'; its top-level keys are {sorted(map(str, obj))}")
-    key = candidates[0]
+        return Checkpoint(state_dict=state_dict, weights_key=key, path=path)
     config = obj.get(CONFIG_KEY)
     return Checkpoint(
-        state_dict=clean_state_dict(obj[key]),
+        state_dict=state_dict,
         config=dict(config) if isinstance(config, dict) else None,
         class_names=list(obj[CLASS_NAMES_KEY]) if obj.get(CLASS_NAMES_KEY) is not None else None,
         arch=obj.get(ARCH_KEY) if isinstance(obj.get(ARCH_KEY), str) else None,
         preprocessing=dict(obj[PREPROCESSING_KEY]) if isinstance(obj.get(PREPROCESSING_KEY), dict) else None,
-        weights_key=f"'{key}'",
+        weights_key=key,
         path=path,
     )
 
@@ -248,8 +266,6 @@ def _describe_foreign(state_dict: Dict[str, torch.Tensor]) -> str:
 
 
 def _describe_config(config: dict) -> str:
-    from .registry import find_registered_name  # local import: registry imports this module
-
     img = config.get("img_size", 224)
     img = f"{img[0]}x{img[1]}" if isinstance(img, (list, tuple)) else img
     parts = [
@@ -287,31 +303,33 @@ def _source_grid(ckpt: Checkpoint, num_slots: int) -> Tuple[int, int]:
     return infer_square_grid(num_slots)
 
 
-def load_checkpoint(
+def _as_checkpoint(source, weights: str, trust_pickle: bool) -> Checkpoint:
+    if isinstance(source, Checkpoint):
+        return source
+    if isinstance(source, dict):
+        return Checkpoint(state_dict=clean_state_dict(source))
+    return read_checkpoint(source, weights=weights, trust_pickle=trust_pickle)
+
+
+def prepare_state_dict(
     model: nn.Module,
-    source: Union[PathLike, Checkpoint, Dict[str, torch.Tensor]],
+    ckpt: Checkpoint,
     *,
     strict: bool = True,
-    weights: str = "auto",
     ignore_head: bool = False,
-    trust_pickle: bool = False,
-) -> LoadReport:
-    """Load weights into a Vim model, adapting what can be adapted and refusing what cannot.
+    in_chans: str = "refuse",
+) -> Tuple[Dict[str, torch.Tensor], LoadReport]:
+    """The checkpoint's weights adapted to ``model``, or :class:`CheckpointError` naming what does not fit.
 
-    * ``pos_embed`` of another patch grid (other image size or stride) is resized bicubically with the class slot
-      kept in the middle.
-    * With ``ignore_head=True`` a classifier head of another shape (or a head the model does not have) is skipped;
-      the model keeps its own freshly initialised head.
-    * Anything else that differs raises :class:`CheckpointError`; with ``strict=False`` missing and unexpected keys
-      are reported instead (mis-shaped ones still raise).
+    * ``pos_embed`` of another patch grid is resized (class slot kept in the middle).
+    * ``ignore_head``: a classifier head of another shape (or one the model does not have) is dropped.
+    * ``in_chans``: a patch embedding made for another number of input channels is refused ("refuse"), converted
+      with timm's ``adapt_input_conv`` ("adapt"), or passed through for the caller to adapt ("leave").
+    * Anything else that differs raises; with ``strict=False`` missing and unexpected keys are only reported.
+    Nothing is loaded: the model is left untouched.
     """
-    if isinstance(source, Checkpoint):
-        ckpt = source
-    elif isinstance(source, dict):
-        ckpt = Checkpoint(state_dict=clean_state_dict(source))
-    else:
-        ckpt = read_checkpoint(source, weights=weights, trust_pickle=trust_pickle)
-
+    if in_chans not in ("refuse", "adapt", "leave"):
+        raise ValueError(f"in_chans must be 'refuse', 'adapt' or 'leave', got {in_chans!r}")
     target = model.state_dict()
     incoming = dict(ckpt.state_dict)
     report = LoadReport()
@@ -328,6 +346,19 @@ def load_checkpoint(
             incoming["pos_embed"] = resize_pos_embed(pe, old_grid, new_grid)
             report.resized.append(f"pos_embed {tuple(pe.shape)} -> {tuple(incoming['pos_embed'].shape)}")
 
+    # A patch embedding for another number of input channels (e.g. RGB weights into a one-channel model).
+    stem, stem_ok = "patch_embed.proj.weight", None
+    w = incoming.get(stem)
+    if in_chans != "refuse" and w is not None and stem in target and w.shape != target[stem].shape:
+        if w.dim() == 4 and w.shape[0] == target[stem].shape[0] and w.shape[2:] == target[stem].shape[2:]:
+            if in_chans == "adapt":
+                from timm.models import adapt_input_conv
+
+                incoming[stem] = adapt_input_conv(target[stem].shape[1], w)
+                report.resized.append(f"{stem} {tuple(w.shape)} -> {tuple(incoming[stem].shape)}")
+            else:
+                stem_ok = stem
+
     if ignore_head:
         for key in [k for k in incoming if k.startswith("head.")]:
             if key not in target or incoming[key].shape != target[key].shape:
@@ -338,7 +369,7 @@ def load_checkpoint(
     unexpected = [k for k in incoming if k not in target]
     mis_shaped = [
         f"{k}: checkpoint {tuple(incoming[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in target if k in incoming and incoming[k].shape != target[k].shape
+        for k in target if k in incoming and incoming[k].shape != target[k].shape and k != stem_ok
     ]
     if mis_shaped or (strict and (missing or unexpected)):
         lines = [f"{ckpt.describe()} does not fit the model {_model_description(model)}:"]
@@ -356,7 +387,31 @@ def load_checkpoint(
         else:
             lines.append(f"  the checkpoint looks like {_describe_foreign(ckpt.state_dict)}")
         raise CheckpointError("\n".join(lines))
+    return incoming, report
 
+
+def load_checkpoint(
+    model: nn.Module,
+    source: Union[PathLike, Checkpoint, Dict[str, torch.Tensor]],
+    *,
+    strict: bool = True,
+    weights: str = "auto",
+    ignore_head: bool = False,
+    trust_pickle: bool = False,
+    in_chans: str = "refuse",
+) -> LoadReport:
+    """Load weights into a Vim model, adapting what can be adapted and refusing what cannot.
+
+    * ``pos_embed`` of another patch grid (other image size or stride) is resized bicubically with the class slot
+      kept in the middle.
+    * With ``ignore_head=True`` a classifier head of another shape (or a head the model does not have) is skipped;
+      the model keeps its own freshly initialised head.
+    * ``in_chans="adapt"`` converts a patch embedding made for another number of input channels (timm's rule).
+    * Anything else that differs raises :class:`CheckpointError`; with ``strict=False`` missing and unexpected keys
+      are reported instead (mis-shaped ones still raise).
+    """
+    ckpt = _as_checkpoint(source, weights, trust_pickle)
+    incoming, report = prepare_state_dict(model, ckpt, strict=strict, ignore_head=ignore_head, in_chans=in_chans)
     result = model.load_state_dict(incoming, strict=False)
     report.missing_keys = list(result.missing_keys)
     report.unexpected_keys = list(result.unexpected_keys)

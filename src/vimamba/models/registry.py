@@ -1,96 +1,191 @@
-"""The model registry: every variant is a name for a set of :class:`VimConfig` fields.
+"""The Vim models as timm models: entrypoints, pretrained cfgs naming the official weights, and ``create_model``.
 
-``create_model(name, pretrained=None|True|path, **overrides)`` builds any registered variant, with any field
-overridden (``embed_dim``, ``depth``, ``d_state``, ``patch_size``, ``stride``, ``img_size``, ``in_chans``,
-``num_classes``, ...), so small models for CPU work need no new registration. The official long names are aliases.
-After ``import vimamba`` the same names work with ``timm.create_model``.
+Every variant of :mod:`vimamba.models.variants` is a timm entrypoint of this module, registered with
+``timm.models.register_model`` and built by ``timm.models.build_model_with_cfg`` with a pretrained cfg that names
+the official Hugging Face weights and :func:`vimamba.models.weights.checkpoint_filter_fn` as its filter. So after
+``import vimamba`` every timm idiom works on them::
+
+    timm.create_model("vim_tiny_patch16_224", pretrained=True)                       # official weights (network)
+    timm.create_model("vim_tiny_patch16_224", pretrained=True,
+                      pretrained_cfg_overlay=dict(file="vim_t_midclstok_76p1acc.pth"))  # a local file, offline
+    timm.create_model("vim_small_patch16_224", features_only=True, out_indices=(5, 11, 17, 23))
+    timm.create_model("vim_tiny_patch16_224", num_classes=10, in_chans=1, img_size=96)
+
+``vimamba.create_model(name, pretrained=None|True|PATH, **overrides)`` is a thin layer over the same path: the
+registered name plus :class:`VimConfig` overrides (``embed_dim``, ``depth``, ``d_state``, ``patch_size``,
+``stride``, ``img_size``, ``in_chans``, ``num_classes``, ...), so small models for CPU work need no new
+registration. The official long names are registered too, as aliases.
 """
 from __future__ import annotations
 
-import fnmatch
 import os
-import sys
-import types
-from dataclasses import dataclass, field, fields, replace
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Optional, Union
 
+import timm
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 
-from .checkpoint import Checkpoint, infer_config, load_checkpoint, read_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, _describe_foreign, infer_config, load_checkpoint, read_checkpoint
+from .variants import (OFFICIAL_REPOSITORY, VARIANTS, ModelEntry, find_registered_name, get_model_entry,
+                       list_models, model_config, resolve_name)
 from .vim import VimConfig, VisionMamba
+from .weights import checkpoint_filter_fn, load_pretrained
 
-__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "load_model", "find_registered_name",
-           "get_model_entry", "resolve_name", "model_config", "data_config"]
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A registered variant: its config fields and where its official weights live."""
-
-    name: str
-    config: Dict[str, object]
-    aliases: Tuple[str, ...] = ()
-    hf_hub_id: Optional[str] = None  # Hugging Face repository with the official weights
-    hf_fine_tuned: bool = False  # the "+" (stride-8 fine-tuned) file of that repository
-    top1: Optional[float] = None  # official ImageNet-1k top-1 at 224 (README)
-    notes: str = ""
+__all__ = ["ModelEntry", "create_model", "list_models", "load_model", "find_registered_name", "get_model_entry",
+           "resolve_name", "model_config", "default_cfgs"]
 
 
-_REGISTRY: Dict[str, ModelEntry] = {}
-_ALIASES: Dict[str, str] = {}
-
-_OFFICIAL_SUFFIX = "_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2"
-
-
-def register_model(entry: ModelEntry) -> ModelEntry:
-    valid = {f.name for f in fields(VimConfig)}
-    unknown = set(entry.config) - valid
-    if unknown:
-        raise ValueError(f"model {entry.name}: unknown config fields {sorted(unknown)}")
-    for name in (entry.name, *entry.aliases):
-        if name in _REGISTRY or name in _ALIASES:
-            raise ValueError(f"model name {name!r} is already registered")
-    _REGISTRY[entry.name] = entry
-    for alias in entry.aliases:
-        _ALIASES[alias] = entry.name
-    _register_with_timm(entry)
-    return entry
+# ---------------------------------------------------------------------------------------------------- pretrained cfgs
+def _cfg(entry: ModelEntry) -> dict:
+    """The official weights and their preprocessing: resize 256 bicubic, centre crop 224, ImageNet mean/std."""
+    return dict(
+        hf_hub_id=entry.hf_hub_id, hf_hub_filename=entry.hf_hub_filename,
+        num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.875, interpolation="bicubic",
+        fixed_input_size=False, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_embed.proj", classifier="head", license="apache-2.0", origin_url=OFFICIAL_REPOSITORY,
+        paper_ids="arXiv:2401.09417",
+        paper_name="Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space Model",
+        notes=(f"official ImageNet-1k top-1 {entry.top1}",) + ((entry.notes,) if entry.notes else ()),
+    )
 
 
-def resolve_name(name: str) -> str:
-    """Canonical registered name for a name or alias (a timm-style ``.tag`` suffix is ignored)."""
-    base = name.split(".", 1)[0]
-    if base in _REGISTRY:
-        return base
-    if base in _ALIASES:
-        return _ALIASES[base]
-    close = fnmatch.filter(list(_REGISTRY) + list(_ALIASES), f"*{base.replace('_', '*')}*")[:3]
-    hint = f" Did you mean {close}?" if close else ""
-    raise KeyError(f"unknown Vim model {name!r}.{hint} Registered: {sorted(_REGISTRY)}")
+default_cfgs = generate_default_cfgs({
+    name: _cfg(entry) for entry in VARIANTS.values() for name in (entry.name, *entry.aliases)
+})
+
+# Keyword arguments of an entrypoint that are not VimConfig fields: timm's builder consumes them.
+_BUILDER_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only", "feature_cls",
+                   "out_indices", "pretrained_strict", "pretrained_model_args", "pruned")
 
 
-def get_model_entry(name: str) -> ModelEntry:
-    return _REGISTRY[resolve_name(name)]
+def _pretrained_cfg(variant: str, pretrained_cfg, pretrained_cfg_overlay) -> dict:
+    """The resolved pretrained cfg; a local ``file`` is read by vimamba's loader (``model.load_pretrained``)."""
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg,
+                                 pretrained_cfg_overlay=pretrained_cfg_overlay).to_dict()
+    overlay = pretrained_cfg_overlay or {}
+    if cfg.get("file") and not cfg.get("state_dict") and cfg.get("source") not in ("hf-hub", "local-dir"):
+        cfg["custom_load"] = overlay.get("custom_load", True)
+    return cfg
 
 
-def list_models(pattern: str = "*", include_aliases: bool = False) -> List[str]:
-    """Registered model names matching a shell-style pattern (official long names with ``include_aliases``)."""
-    names = list(_REGISTRY) + (list(_ALIASES) if include_aliases else [])
-    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba:
+    """Build a registered variant (or alias) through timm's ``build_model_with_cfg``.
 
-
-def model_config(name: str, **overrides) -> VimConfig:
-    """The VimConfig of a registered model with fields overridden."""
-    entry = get_model_entry(name)
-    valid = {f.name for f in fields(VimConfig)}
-    unknown = set(overrides) - valid
-    if unknown:
-        raise TypeError(
-            f"create_model({name!r}): unknown arguments {sorted(unknown)}; a Vim model takes {sorted(valid)}"
+    ``kwargs``: :class:`VimConfig` fields overriding the variant's, plus timm's ``features_only``/``out_indices``
+    (default: the last 4 blocks, each a (B, D, H/stride, W/stride) map), ``pretrained_cfg[_overlay]``,
+    ``cache_dir``, ``device``/``dtype``, and ``dynamic_img_size`` (accepted and ignored: a Vim always takes any
+    image size).
+    """
+    canonical = resolve_name(variant)
+    entry = VARIANTS[canonical]
+    kwargs.pop("dynamic_img_size", None)
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    model_config(variant, **{k: v for k, v in kwargs.items() if k not in _BUILDER_KWARGS})  # clear errors first
+    features_only = kwargs.get("features_only", False)
+    if features_only:
+        kwargs.setdefault("num_classes", 0)  # a feature extractor has no head (timm drops the pretrained one)
+    cfg = _pretrained_cfg(variant, kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None))
+    out_indices = kwargs.pop("out_indices", 4)
+    try:
+        model = build_model_with_cfg(
+            VisionMamba, variant, pretrained,
+            pretrained_cfg=cfg,
+            model_cfg=VimConfig(**entry.config),
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+            **kwargs,
         )
-    return VimConfig(**{**entry.config, **overrides})
+    except (OSError, ImportError) as e:
+        if not (pretrained and not cfg.get("file") and not cfg.get("state_dict") and cfg.get("hf_hub_id")):
+            raise
+        raise RuntimeError(
+            f"could not download the official weights of {canonical} ({cfg['hf_hub_filename']}) from "
+            f"https://huggingface.co/{cfg['hf_hub_id']} ({type(e).__name__}: {e}). Without network, download the "
+            f"file elsewhere and pass pretrained='path/to/{cfg['hf_hub_filename']}' (vimamba) or "
+            f"pretrained_cfg_overlay=dict(file='path/to/{cfg['hf_hub_filename']}') (timm)."
+        ) from e
+    vim = model.model if features_only else model
+    vim.arch = canonical
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
 
 
+# ---------------------------------------------------------------------------------------------------- entrypoints
+@register_model
+def vim_tiny_patch16_224(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """Vim-Ti: D 192, 24 blocks, 16x16 patches at stride 16 (196 at 224 px). Official top-1 76.1."""
+    return _create_vim("vim_tiny_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def vim_tiny_patch16_stride8_224(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """Vim-Ti+: Vim-Ti at stride 8 (729 patches at 224 px), fine-tuned 30 epochs. Official top-1 78.3."""
+    return _create_vim("vim_tiny_patch16_stride8_224", pretrained, **kwargs)
+
+
+@register_model
+def vim_small_patch16_224(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """Vim-S: D 384, 24 blocks, 16x16 patches at stride 16. Official top-1 80.5."""
+    return _create_vim("vim_small_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def vim_small_patch16_stride8_224(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """Vim-S+: Vim-S at stride 8 (729 patches at 224 px), fine-tuned 30 epochs. Official top-1 81.6."""
+    return _create_vim("vim_small_patch16_stride8_224", pretrained, **kwargs)
+
+
+@register_model
+def vim_base_patch16_224(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """Vim-B: D 768, 24 blocks, 16x16 patches at stride 16. Official top-1 81.9."""
+    return _create_vim("vim_base_patch16_224", pretrained, **kwargs)
+
+
+# The official model names (hustvl/Vim ``vim/models_mamba.py``), as aliases.
+@register_model
+def vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2(
+        pretrained: bool = False, **kwargs) -> VisionMamba:
+    """The official name of ``vim_tiny_patch16_224``."""
+    return _create_vim("vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+                       pretrained, **kwargs)
+
+
+@register_model
+def vim_tiny_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2(
+        pretrained: bool = False, **kwargs) -> VisionMamba:
+    """The official name of ``vim_tiny_patch16_stride8_224``."""
+    return _create_vim("vim_tiny_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+                       pretrained, **kwargs)
+
+
+@register_model
+def vim_small_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2(
+        pretrained: bool = False, **kwargs) -> VisionMamba:
+    """The official name of ``vim_small_patch16_224``."""
+    return _create_vim("vim_small_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+                       pretrained, **kwargs)
+
+
+@register_model
+def vim_small_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2(
+        pretrained: bool = False, **kwargs) -> VisionMamba:
+    """The official name of ``vim_small_patch16_stride8_224``."""
+    return _create_vim("vim_small_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+                       pretrained, **kwargs)
+
+
+@register_model
+def vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2(
+        pretrained: bool = False, **kwargs) -> VisionMamba:
+    """The official name of ``vim_base_patch16_224``."""
+    return _create_vim("vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",
+                       pretrained, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- vimamba API
 def create_model(
     name: str,
     pretrained: Union[None, bool, str, os.PathLike] = None,
@@ -99,13 +194,14 @@ def create_model(
     trust_pickle: bool = False,
     **overrides,
 ) -> VisionMamba:
-    """Build a registered Vim model, optionally with weights.
+    """Build a registered Vim model, optionally with weights: ``timm.create_model`` on the same entrypoint.
 
     Args:
         name: a registered name or official alias (``vimamba.list_models(include_aliases=True)``).
         pretrained: None/False = random init (the official init); a path = load that checkpoint (official
-            ``.pth``, vimamba ``.pth`` or ``.safetensors``); True = download the official weights from the
-            Hugging Face Hub (needs network; cached by huggingface_hub).
+            ``.pth``, vimamba ``.pth`` or ``.safetensors``), exactly as ``timm.create_model(name, pretrained=True,
+            pretrained_cfg_overlay=dict(file=path))``; True = the official weights from the Hugging Face Hub
+            (needs network; cached by huggingface_hub).
         weights: with a checkpoint holding both: "auto"/"model" = the trained weights, "ema" = the EMA weights.
         trust_pickle: allow arbitrary pickled objects in a ``.pth`` file you trust.
         **overrides: any :class:`VimConfig` field (``num_classes``, ``img_size``, ``stride``, ``embed_dim``,
@@ -113,25 +209,15 @@ def create_model(
             fresh head; a different ``img_size``/``stride`` resizes the position embedding.
     """
     canonical = resolve_name(name)
-    model = VisionMamba(model_config(canonical, **overrides))
-    model.arch = canonical
-    model.pretrained_cfg = model.default_cfg = data_config(model.cfg)
-    if pretrained:
-        path = pretrained if not isinstance(pretrained, bool) else _download_official(get_model_entry(canonical))
-        load_checkpoint(model, path, weights=weights, ignore_head="num_classes" in overrides,
-                        trust_pickle=trust_pickle)
+    model_config(canonical, **overrides)  # unknown arguments: a clear TypeError before timm sees them
+    if pretrained is True:
+        return timm.create_model(canonical, pretrained=True, **overrides)
+    if not pretrained:
+        return timm.create_model(canonical, pretrained=False, **overrides)
+    model = timm.create_model(canonical, pretrained=False, pretrained_cfg_overlay=dict(file=os.fspath(pretrained)),
+                              **overrides)
+    load_pretrained(model, pretrained, weights=weights, trust_pickle=trust_pickle)
     return model
-
-
-def find_registered_name(config: dict) -> Optional[str]:
-    """The registered name whose architecture matches these config fields (ignoring classes and training knobs)."""
-    keys = ("embed_dim", "depth", "d_state", "patch_size", "stride", "in_chans", "expand")
-    base = VimConfig()
-    for name, entry in _REGISTRY.items():
-        ref = {**{k: getattr(base, k) for k in keys}, **entry.config}
-        if all(config.get(k, getattr(base, k)) == ref[k] for k in keys):
-            return name
-    return None
 
 
 def load_model(
@@ -144,110 +230,14 @@ def load_model(
     else:
         config = infer_config(ckpt.state_dict)
         if config is None:
-            from .checkpoint import CheckpointError, _describe_foreign
-
             raise CheckpointError(f"{ckpt.describe()} is {_describe_foreign(ckpt.state_dict)}")
     config.pop("scan_impl", None)
-    model = VisionMamba(VimConfig.from_dict({**config, **overrides}))
-    model.arch = ckpt.arch or find_registered_name(config)
-    model.pretrained_cfg = model.default_cfg = data_config(model.cfg)
+    config = VimConfig.from_dict({**config, **overrides}).to_dict()  # unknown fields: a clear error
+    registered = find_registered_name(config)
+    arch = ckpt.arch if ckpt.arch in VARIANTS else registered
+    overlay = dict(file=os.fspath(ckpt.path)) if ckpt.path is not None else None
+    model = timm.create_model(arch or "vim_tiny_patch16_224", pretrained=False, pretrained_cfg_overlay=overlay,
+                              **{k: v for k, v in config.items() if v is not None})
+    model.arch = ckpt.arch or registered
     load_checkpoint(model, ckpt, ignore_head="num_classes" in overrides)
     return model
-
-
-# ---------------------------------------------------------------------------------------------------- hub download
-def _download_official(entry: ModelEntry) -> str:
-    """Fetch the official checkpoint of a registered model from the Hugging Face Hub (cached)."""
-    if entry.hf_hub_id is None:
-        raise ValueError(f"{entry.name} has no official weights; pass pretrained=PATH")
-    try:
-        from huggingface_hub import hf_hub_download, list_repo_files
-    except ImportError as e:  # pragma: no cover - huggingface_hub comes with timm
-        raise RuntimeError("downloading official weights needs huggingface_hub (pip install huggingface_hub)") from e
-    try:
-        files = [f for f in list_repo_files(entry.hf_hub_id) if f.endswith((".pth", ".pt", ".safetensors"))]
-        # Each official repository holds the 224/stride-16 weights and the stride-8 fine-tuned ("ft") weights.
-        wanted = [f for f in files if ("ft" in os.path.basename(f).split("_")) == entry.hf_fine_tuned]
-        if not wanted:
-            raise FileNotFoundError(f"no {'fine-tuned ' if entry.hf_fine_tuned else ''}weights among {files}")
-        return hf_hub_download(entry.hf_hub_id, sorted(wanted)[0])
-    except Exception as e:
-        raise RuntimeError(
-            f"could not download the official weights of {entry.name} from https://huggingface.co/"
-            f"{entry.hf_hub_id} ({type(e).__name__}: {e}). Without network, download the .pth file elsewhere and "
-            f"pass pretrained='path/to/file.pth'."
-        ) from e
-
-
-# ---------------------------------------------------------------------------------------------------- timm
-_TIMM_MODULE = "vimamba.models._timm_entrypoints"
-
-
-def data_config(cfg: VimConfig) -> dict:
-    """timm-style pretrained cfg: the official preprocessing (resize 256 bicubic, crop 224, ImageNet mean/std)."""
-    return dict(
-        url="", num_classes=cfg.num_classes, input_size=(cfg.in_chans, *cfg.img_size),
-        pool_size=None, crop_pct=0.875, interpolation="bicubic", fixed_input_size=False,
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_embed.proj", classifier="head",
-        license="apache-2.0",
-    )
-
-
-def _register_with_timm(entry: ModelEntry) -> None:
-    """Make ``timm.create_model(name)`` build vimamba models (names and aliases)."""
-    from timm.models import register_model as timm_register
-
-    module = sys.modules.get(_TIMM_MODULE)
-    if module is None:
-        module = types.ModuleType(_TIMM_MODULE, "timm entrypoints of vimamba's registered models")
-        module.default_cfgs = {}
-        sys.modules[_TIMM_MODULE] = module
-
-    for timm_name in (entry.name, *entry.aliases):
-        def entrypoint(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
-                       _name=entry.name, **kwargs):
-            features_only = kwargs.pop("features_only", False)
-            out_indices = kwargs.pop("out_indices", None)
-            model = create_model(_name, pretrained=True if pretrained is True else (pretrained or None), **kwargs)
-            if features_only:
-                from timm.models._features import FeatureGetterNet
-
-                return FeatureGetterNet(model, out_indices=out_indices if out_indices is not None else 4)
-            return model
-
-        entrypoint.__name__ = entrypoint.__qualname__ = timm_name
-        entrypoint.__module__ = _TIMM_MODULE
-        entrypoint.__doc__ = f"Vision Mamba {entry.name} (vimamba)."
-        module.default_cfgs[timm_name] = data_config(VimConfig(**entry.config))
-        setattr(module, timm_name, entrypoint)
-        timm_register(entrypoint)
-
-
-# ---------------------------------------------------------------------------------------------------- the variants
-register_model(ModelEntry(
-    "vim_tiny_patch16_224", dict(embed_dim=192, stride=16),
-    aliases=("vim_tiny_patch16_224" + _OFFICIAL_SUFFIX,),
-    hf_hub_id="hustvl/Vim-tiny-midclstok", top1=76.1,
-))
-register_model(ModelEntry(
-    "vim_tiny_patch16_stride8_224", dict(embed_dim=192, stride=8),
-    aliases=("vim_tiny_patch16_stride8_224" + _OFFICIAL_SUFFIX,),
-    hf_hub_id="hustvl/Vim-tiny-midclstok", hf_fine_tuned=True, top1=78.3,
-    notes="Vim-Ti+ : fine-tuned at stride 8 (729 patches) for 30 epochs",
-))
-register_model(ModelEntry(
-    "vim_small_patch16_224", dict(embed_dim=384, stride=16),
-    aliases=("vim_small_patch16_224" + _OFFICIAL_SUFFIX,),
-    hf_hub_id="hustvl/Vim-small-midclstok", top1=80.5,
-))
-register_model(ModelEntry(
-    "vim_small_patch16_stride8_224", dict(embed_dim=384, stride=8),
-    aliases=("vim_small_patch16_stride8_224" + _OFFICIAL_SUFFIX,),
-    hf_hub_id="hustvl/Vim-small-midclstok", hf_fine_tuned=True, top1=81.6,
-    notes="Vim-S+ : fine-tuned at stride 8 (729 patches) for 30 epochs",
-))
-register_model(ModelEntry(
-    "vim_base_patch16_224", dict(embed_dim=768, stride=16),
-    aliases=("vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",),
-    hf_hub_id="hustvl/Vim-base-midclstok", top1=81.9,
-))

@@ -192,8 +192,6 @@ class BiMambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(d_inner))
         self.A_b_log = nn.Parameter(a_log.clone())
         self.D_b = nn.Parameter(torch.ones(d_inner))
-        for p in (self.A_log, self.D, self.A_b_log, self.D_b):
-            p._no_weight_decay = True  # honoured by vimamba's optimiser groups when asked (official timm ignores it)
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.conv1d = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner, padding=cfg.d_conv - 1, bias=True)
@@ -209,7 +207,6 @@ class BiMambaMixer(nn.Module):
             self._init_dt(self.dt_proj_b, cfg)
         else:  # official quirk: default Linear weight init and, after the GPT-2 style re-init, a zero bias
             nn.init.zeros_(self.dt_proj_b.bias)
-        self.dt_proj.bias._no_reinit = True
 
     @staticmethod
     def _init_dt(dt_proj: nn.Linear, cfg: VimConfig) -> None:
@@ -349,6 +346,19 @@ class VisionMamba(nn.Module):
             trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
+    def load_pretrained(self, checkpoint_path: str, prefix: str = "") -> None:
+        """Load a local weight file (timm calls this for ``pretrained_cfg_overlay=dict(file=...)``).
+
+        Official ``.pth`` (the trained ``model`` weights), bare state_dicts, vimamba ``.pth``/``.safetensors``;
+        ``pos_embed`` is resized, the head replaced when the model was built for another number of classes, and
+        anything else that does not fit is refused (see :func:`vimamba.models.weights.load_pretrained`).
+        """
+        if prefix:
+            raise ValueError("Vim checkpoints have no prefix to strip; load_pretrained takes prefix=''")
+        from .weights import load_pretrained  # the weights module imports this one
+
+        load_pretrained(self, checkpoint_path)
+
     @torch.no_grad()
     def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None, stride: Optional[int] = None) -> None:
         """Change the native input size and/or patch stride, resizing ``pos_embed`` (class slot kept in the middle)."""
@@ -366,7 +376,10 @@ class VisionMamba(nn.Module):
             pe.img_size = self.cfg.img_size = _to_2tuple(img_size)
         pe.grid_size = pe.feat_size(pe.img_size)
         if pe.grid_size != old_grid:
-            self.pos_embed = nn.Parameter(resize_pos_embed(self.pos_embed.data, old_grid, pe.grid_size))
+            self.pos_embed = nn.Parameter(resize_pos_embed(self.pos_embed.data, old_grid, pe.grid_size),
+                                          requires_grad=self.pos_embed.requires_grad)
+        if hasattr(self, "_traits"):  # built by timm: keep its record of the current input size up to date
+            self._traits = dict(self._traits, img_size=pe.img_size)
 
     # ------------------------------------------------------------------ forward
     def _pos_embed_for(self, grid: Tuple[int, int]) -> torch.Tensor:
@@ -413,29 +426,33 @@ class VisionMamba(nn.Module):
         self,
         x: torch.Tensor,
         indices: Optional[Union[int, List[int]]] = None,
+        return_prefix_tokens: bool = False,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
+        output_dict: bool = False,
         feature: str = "residual",
-        return_prefix_tokens: bool = False,
     ):
-        """Per-block token maps for dense prediction, with the class token removed.
+        """Per-block token maps for dense prediction, with the class token removed (timm's ViT interface).
 
         Args:
             x: images (B, C, H, W), any size.
             indices: blocks to take: None = all, int n = the last n, a list = those (negative counts from the end).
+            return_prefix_tokens: also return the class token of each intermediate, as (B, 1, D).
             norm: apply the final RMSNorm to each intermediate.
-            stop_early: do not run the blocks after the last one taken (the final output is then not computed).
+            stop_early: do not run the blocks after the last one taken (the final tokens are then those of the
+                last block run, normalised).
             output_fmt: "NCHW" -> (B, D, H', W') maps; "NLC" -> (B, H'*W', D) sequences.
             intermediates_only: return only the list of intermediates.
+            output_dict: return ``{"image_intermediates": [...], "image_features": final}`` (plus
+                ``"image_intermediates_prefix"`` with ``return_prefix_tokens``), as timm's ViT.
             feature: "residual" = the residual stream after the block (its output, as in timm's ViT);
                 "mixer" = the block's mixer output before the residual add (the official segmentation default).
-            return_prefix_tokens: also return the class token of each intermediate, as (B, 1, D).
 
         Returns:
-            ``intermediates`` if ``intermediates_only``, else ``(final_normalised_tokens, intermediates)``; with
-            ``return_prefix_tokens`` each intermediate is a pair (map, class_token).
+            ``intermediates`` (a list) if ``intermediates_only``, else the tuple ``(final_normalised_tokens,
+            intermediates)``; with ``return_prefix_tokens`` each intermediate is a pair (map, class_token).
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
@@ -453,18 +470,25 @@ class VisionMamba(nn.Module):
                 out = residual if feature == "residual" else mixed
                 intermediates.append(self.norm_f(out) if norm else out)
 
-        results = []
+        maps, prefix_tokens = [], []
         for tokens in intermediates:
             cls_index = (tokens.shape[1] - 1) // 2
             patches = remove_cls_token(tokens)
             if output_fmt == "NCHW":
                 patches = patches.reshape(patches.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
-            results.append((patches, tokens[:, cls_index:cls_index + 1]) if return_prefix_tokens else patches)
+            maps.append(patches)
+            prefix_tokens.append(tokens[:, cls_index:cls_index + 1])
 
+        if output_dict:
+            out = {"image_intermediates": maps}
+            if return_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix_tokens
+            if not intermediates_only:
+                out["image_features"] = self.norm_f(residual)
+            return out
+        results = list(zip(maps, prefix_tokens)) if return_prefix_tokens else maps
         if intermediates_only:
             return results
-        if stop_early and max_index + 1 < len(self.layers):
-            return None, results
         return self.norm_f(residual), results
 
     def prune_intermediate_layers(
