@@ -4,7 +4,8 @@
   (per-process batch x processes x accumulation steps), as DeiT and Vim do: ``lr = base_lr * global_batch / 512``.
 * Weight decay groups: no decay for 1-D parameters (norm weights, ``D``), biases, and the names the model lists in
   ``no_weight_decay()`` (``pos_embed``, ``cls_token``). The official Vim recipe *does* decay the 2-D ``A_log`` /
-  ``A_b_log`` (its timm version ignored the mixer's ``_no_weight_decay`` marks); ``no_decay_ssm=True`` exempts them.
+  ``A_b_log`` (the official mixer marks them ``_no_weight_decay``, an attribute its timm version never reads);
+  ``no_decay_ssm=True`` exempts them, by name.
 * Optional layer-wise LR decay (BEiT style) from the model's ``group_matcher()``: the group at depth ``i`` of
   ``n`` gets ``lr * layer_decay ** (n - 1 - i)``.
 * Schedule: timm's cosine (or other) schedule with linear warmup, stepped **every iteration** through
