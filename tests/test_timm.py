@@ -245,7 +245,8 @@ def test_pretrained_true_downloads_the_registered_file_and_filters_the_official_
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), trained(x), rtol=0, atol=0)
-    resized = timm.create_model(name, pretrained=True, **{**SMALL, "img_size": 48, "num_classes": 3})
+    resized = timm.create_model(name, pretrained=True, in_chans=1, **{**SMALL, "img_size": 48, "num_classes": 3})
     assert resized.pos_embed.shape == (1, 37, 16) and resized.head.out_features == 3
+    torch.testing.assert_close(resized.patch_embed.proj.weight, trained.patch_embed.proj.weight.sum(1, keepdim=True))
     torch.testing.assert_close(resized.pos_embed.detach(), vimamba.models.resize_pos_embed(
         trained.pos_embed.detach(), (4, 4), (6, 6)))
