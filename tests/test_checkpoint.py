@@ -187,3 +187,5 @@ def test_pretrained_download_without_network_says_what_to_do(monkeypatch):
     monkeypatch.setattr(timm.models._hub, "hf_hub_download", no_network)
     with pytest.raises(RuntimeError, match="hustvl/Vim-tiny-midclstok.*pretrained='path/to/vim_t_midclstok_76p1acc"):
         vimamba.create_model("vim_tiny_patch16_224", pretrained=True, depth=1)
+    with pytest.raises(ValueError, match="pretrained=PATH"):
+        vimamba.create_model("vim_tiny_patch16_224", pretrained=True, weights="ema")

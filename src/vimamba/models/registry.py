@@ -211,6 +211,10 @@ def create_model(
     canonical = resolve_name(name)
     model_config(canonical, **overrides)  # unknown arguments: a clear TypeError before timm sees them
     if pretrained is True:
+        if weights not in ("auto", "model") or trust_pickle:
+            raise ValueError("weights= and trust_pickle= apply to a checkpoint file: pass pretrained=PATH (the "
+                             "official files are on https://huggingface.co/hustvl); pretrained=True loads the "
+                             "trained weights of the official file")
         return timm.create_model(canonical, pretrained=True, **overrides)
     if not pretrained:
         return timm.create_model(canonical, pretrained=False, **overrides)
