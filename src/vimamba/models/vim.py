@@ -355,7 +355,7 @@ class VisionMamba(nn.Module):
         """
         if prefix:
             raise ValueError("Vim checkpoints have no prefix to strip; load_pretrained takes prefix=''")
-        from .weights import load_pretrained  # the weights module imports this one
+        from .weights import load_pretrained  # imported on use: the weights module depends on this one
 
         load_pretrained(self, checkpoint_path)
 
