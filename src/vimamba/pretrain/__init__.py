@@ -8,6 +8,7 @@ and the evaluation of frozen features.
 :mod:`.ar`         autoregressive next-cluster prediction (ARM)
 :mod:`.mae`        masked autoencoding with the kept patches in raster order (MAE)
 :mod:`.config`     one config dataclass per objective, MAE's recipe by default
+:mod:`.data`       unlabelled images: any folder at any depth, a dataset's training split
 :mod:`.transfer`   pretraining checkpoints; a bidirectional classifier initialised from one
 :mod:`.visualize`  the reconstruction PNG grid
 :mod:`.knn`        k-NN classification of frozen features
