@@ -366,3 +366,30 @@ def test_unlabelled_images_at_any_depth_and_unreadable_ones_skipped(tmp_path):
     (tmp_path / "train" / "x").mkdir(parents=True)
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "train" / "x" / "only.png")
     assert len(open_unlabelled(None, tmp_path)) == 1  # an ImageNet-layout folder: its train split
+
+
+def test_ssl_finetune_recipe_decays_the_learning_rate_by_layer():
+    from vimamba.train.config import resolve_config
+    from vimamba.train.optim import build_param_groups
+
+    cfg = resolve_config({"recipe": "ssl_finetune", "data": "somewhere"})
+    assert (cfg.layer_decay, cfg.epochs, cfg.weight_decay, cfg.opt_betas) == (0.75, 100, 0.05, (0.9, 0.999))
+    model = VisionMamba(encoder_cfg(num_classes=3, depth=3))
+    scales = {}
+    for group in build_param_groups(model, cfg.weight_decay, layer_decay=cfg.layer_decay):
+        for p in group["params"]:
+            scales[id(p)] = group["lr_scale"]
+    by_name = {name: scales[id(p)] for name, p in model.named_parameters()}
+    assert by_name["layers.0.mixer.in_proj.weight"] == pytest.approx(by_name["layers.1.mixer.in_proj.weight"] * 0.75)
+    assert by_name["patch_embed.proj.weight"] < by_name["layers.0.mixer.in_proj.weight"] < by_name["head.weight"]
+
+
+def test_probe_of_a_classifier_checkpoint_with_the_class_token(tmp_path, capsys, seed):
+    _write_folder(tmp_path / "data", per_class=4, seed=1)
+    classifier = VisionMamba(VimConfig(img_size=16, patch_size=4, stride=4, embed_dim=16, depth=1, d_state=4,
+                                       num_classes=2))
+    path = save_weights(classifier, tmp_path / "classifier.pth", class_names=["bright", "dark"])
+    assert cli_main(["probe", "--checkpoint", str(path), "--data", str(tmp_path / "data"), "--pool", "token",
+                     "--k", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["feature_dim"] == 16 and result["train_count"] == 8
