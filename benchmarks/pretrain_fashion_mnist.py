@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from vimamba.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from vimamba.data.fashion_mnist import FashionMNIST, ensure_fashion_mnist
+from vimamba.data.transforms import Preprocessing
 from vimamba.models.vim import VimConfig, VisionMamba
 from vimamba.pretrain import (build_objective, config_for, knn_accuracy, save_pretraining_checkpoint,
                               write_reconstructions)
@@ -52,6 +53,9 @@ ENCODER = dict(img_size=32, patch_size=4, stride=4, in_chans=1, embed_dim=96, de
 OBJECTIVE_KWARGS = {"ar": dict(cluster_size=2, decoder_dim=64, decoder_depth=2, decoder_heads=4),
                     "mae": dict(mask_ratio=0.75, decoder_dim=64, decoder_depth=2, decoder_heads=4)}
 LABEL_FRACTIONS = {"1%": 600, "10%": 6000, "full": 60000}
+# how `vimamba probe` prepares Fashion-MNIST for these checkpoints: the same bilinear resize and normalisation
+PREPROCESSING = Preprocessing(img_size=(32, 32), in_chans=1, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
+                              interpolation="bilinear", crop_pct=1.0)
 
 
 def load_fashion_mnist(img_size: int) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
@@ -214,6 +218,7 @@ def main() -> int:
           f"(as a bidirectional classifier body)", flush=True)
 
     rows = []
+    finetune_pending = False
     for seed in args.seeds:
         train_idx = balanced_subset(data["train"][1], args.knn_train, seed)
         test_idx = balanced_subset(data["test"][1], args.knn_test, seed)
@@ -236,7 +241,8 @@ def main() -> int:
                                                            args.lr, seed)
                 seconds = time.perf_counter() - start
                 path = save_pretraining_checkpoint(objective, output / f"{name}-seed{seed}.pth",
-                                                   config={"objective_kwargs": OBJECTIVE_KWARGS[name]})
+                                                   config={"temporary_loop": True, "steps": args.steps},
+                                                   preprocessing=PREPROCESSING.with_size(encoder_cfg.img_size[0]).to_dict())
             else:
                 path = pretrain_with_engine(name, args, output)
                 curve, seconds = [], None
@@ -249,13 +255,18 @@ def main() -> int:
             print(f"seed {seed} {name}: loss {curve[0][1] if curve else float('nan'):.4f} -> "
                   f"{curve[-1][1] if curve else float('nan'):.4f}; probes {after}", flush=True)
 
-            if not args.skip_finetune:
-                for fraction, count in LABEL_FRACTIONS.items():
-                    subset = balanced_subset(data["train"][1], count, seed)
-                    for init, label in ((path, "pretrained"), (None, "scratch"), (None, "scratch, longer")):
-                        epochs = 30 if label != "scratch, longer" else 60
-                        top1 = finetune_with_engine(init, subset, epochs, seed, args, output)
-                        rows.append((f"{name} fine-tune {fraction} {label}", seed, {"top1": top1}))
+            if not args.skip_finetune and not finetune_pending:
+                try:
+                    for fraction, count in LABEL_FRACTIONS.items():
+                        subset = balanced_subset(data["train"][1], count, seed)
+                        for init, label in ((path, "pretrained"), (None, "scratch"), (None, "scratch, longer")):
+                            epochs = 30 if label != "scratch, longer" else 60
+                            top1 = finetune_with_engine(init, subset, epochs, seed, args, output)
+                            rows.append((f"{name} fine-tune {fraction} {label}", seed, {"top1": top1}))
+                except NotImplementedError as e:
+                    finetune_pending = True
+                    results["finetune"] = f"pending: {e}"
+                    print(f"fine-tuning skipped: {e}", flush=True)
 
     # ------------------------------------------------------------------ the table
     by_name: Dict[str, Dict[str, List[float]]] = {}
