@@ -163,6 +163,11 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "vim_ft_stride8": dict(epochs=30, batch_size=128, lr=5e-6, min_lr=1e-5, warmup_lr=1e-5, weight_decay=1e-8,
                            drop_path=0.0),
     "demo": _DEMO,
+    # fine-tuning a self-supervised (vimamba.pretrain) encoder: MAE's FINETUNE.md / ARM's recipe, lr 5e-4 per 256
+    # images = 1e-3 per 512; layer decay 0.65 (ARM-B, MAE ViT-B, depth 12) to 0.75 (ViT-L, ARM-L): 0.75 here, for
+    # Vim's depth 24 (sweep 0.65-0.8)
+    "ssl_finetune": dict(epochs=100, lr=1e-3, min_lr=1e-6, warmup_epochs=5.0, weight_decay=0.05, layer_decay=0.75,
+                         drop_path=0.1, reprob=0.25, mixup=0.8, cutmix=1.0, smoothing=0.1, opt_betas=(0.9, 0.999)),
 }
 RECIPE_NOTES = {
     "deit": "DeiT/Vim main.py defaults",
@@ -171,6 +176,7 @@ RECIPE_NOTES = {
     "vim_base": "Vim-B: no official script; main.py defaults (81.9 top-1 reported, recipe unpublished)",
     "vim_ft_stride8": "official '+' stride-8 fine-tuning (scripts/ft-vim-*.sh): 78.3 (Ti+) / 81.6 (S+) top-1",
     "demo": "Fashion-MNIST on CPU: a 0.5M-parameter Vim, 2 epochs, about 10 minutes on 2 cores",
+    "ssl_finetune": "fine-tuning after self-supervised pretraining (MAE/ARM): layer-wise lr decay 0.75, 100 epochs",
 }
 
 
