@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from ..data.datasets import DatasetSpec, imagenet_class_names, open_split, resolve_dataset
 from ..data.images import DataError, collate_skipping_unreadable, load_image
 from ..data.transforms import Preprocessing, build_eval_transform
+from ..data.workers import worker_init
 from .distributed import DistInfo
 from .engine import evaluate
 from .models import LoadedClassifier
@@ -61,7 +62,8 @@ def evaluate_classifier(loaded: LoadedClassifier, *, dataset: Optional[str], dat
                          strict=strict)
     loader = DataLoader(val_set, batch_size=batch_size, num_workers=workers,
                         sampler=ShardedEvalSampler(val_set, dist_info.rank, dist_info.world_size),
-                        collate_fn=collate_skipping_unreadable, pin_memory=dist_info.device.type == "cuda")
+                        collate_fn=collate_skipping_unreadable, pin_memory=dist_info.device.type == "cuda",
+                        worker_init_fn=worker_init if workers > 0 else None)
     model = loaded.model.to(dist_info.device)
     metrics = evaluate(model, loader, device=dist_info.device, precision=MixedPrecision(amp, dist_info.device))
     metrics["dataset"] = spec.describe()
