@@ -25,6 +25,8 @@ import signal
 import threading
 from typing import Iterator, Optional
 
+from .images import DataError
+
 __all__ = ["worker_init", "DataLoadingError", "is_worker_failure", "worker_deaths_deferred", "describe_failure"]
 
 
@@ -61,7 +63,7 @@ class _SecondSigterm:
         self.seen = True
 
 
-class DataLoadingError(RuntimeError):
+class DataLoadingError(DataError):
     """Loading a training batch failed (a worker raised, or died).
 
     ``batches_done`` / ``global_step``: where the last finished optimizer step left the epoch (the state a
