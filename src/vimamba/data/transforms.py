@@ -6,8 +6,8 @@ exactly as the training run evaluated them. The official Vim checkpoints use res
 224, ImageNet mean/std: ``crop_pct = 224 / 256 = 0.875``.
 
 :class:`Augmentation` is the training-time randomness (timm ``create_transform(is_training=True)``): random resized
-crop, horizontal flip, RandAugment (``rand-m9-mstd0.5-inc1``, with the repairs of :mod:`.augment`), colour jitter (off when RandAugment is on) and random
-erasing. Mixup/CutMix act on batches and live in the trainer.
+crop, horizontal flip, RandAugment (``rand-m9-mstd0.5-inc1``; repaired by :mod:`.augment`), colour jitter (off
+when RandAugment is on) and random erasing. Mixup/CutMix act on batches and live in the trainer.
 """
 from __future__ import annotations
 

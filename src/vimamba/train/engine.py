@@ -100,8 +100,8 @@ def train_one_epoch(
         except StopIteration:
             break
         except Exception as e:  # a worker raised or died: the model is as the last optimizer step left it
-            raise DataLoadingError(f"loading a training batch failed in epoch {epoch + 1} after batch {batches_done}"
-                                   f": {describe_failure(e)}", batches_done=committed_batches,
+            raise DataLoadingError(f"loading a training batch failed in epoch {epoch + 1} after batch "
+                                   f"{committed_batches}: {describe_failure(e)}", batches_done=committed_batches,
                                    global_step=committed_step) from e
         if batches_done >= usable:
             break
@@ -152,8 +152,8 @@ def train_one_epoch(
             if not is_worker_failure(e):
                 raise
             # torch reports a worker's death from its SIGCHLD handler, wherever the main process is
-            raise DataLoadingError(f"loading a training batch failed in epoch {epoch + 1} after batch {batches_done}: "
-                                   f"{describe_failure(e)}", batches_done=committed_batches,
+            raise DataLoadingError(f"loading a training batch failed in epoch {epoch + 1} after batch "
+                                   f"{committed_batches}: {describe_failure(e)}", batches_done=committed_batches,
                                    global_step=committed_step) from e
         if trace_every and global_step % trace_every == 0 and trace_count:
             loss_trace.append((batches_done, trace_sum / trace_count))
