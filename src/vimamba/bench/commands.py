@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..cli_args import image_size, non_negative_int, positive_float, positive_int
+
 DEFAULT_MODELS = ["vim_tiny_patch16_224", "deit_tiny_patch16_224"]
 DEFAULT_RESOLUTIONS = [224, 512, 738, 1024, 1248]
 DEFAULT_OUTPUT = "runs/bench"
@@ -27,9 +29,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="NAME",
                    help="vimamba model names and/or timm model names; the first is compared with the others")
-    p.add_argument("--resolutions", nargs="+", type=int, default=DEFAULT_RESOLUTIONS, metavar="PIXELS",
+    p.add_argument("--resolutions", nargs="+", type=image_size, default=DEFAULT_RESOLUTIONS, metavar="PIXELS",
                    help="square input sizes")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="bf16 = torch.autocast mixed precision")
     p.add_argument("--mode", choices=MODES, default="features",
@@ -42,16 +44,17 @@ def register(subparsers) -> None:
                    help="selective-scan implementation of Vim models")
     p.add_argument("--model-args", nargs="+", default=[], metavar="KEY=VALUE",
                    help="constructor overrides for every model, e.g. depth=2 embed_dim=96 (quick runs)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs per configuration")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per configuration (at most)")
-    p.add_argument("--time-budget", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs per configuration")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per configuration (at most)")
+    p.add_argument("--time-budget", type=positive_float, default=60.0, metavar="SECONDS",
                    help="stop timing a configuration once its timed runs exceed this (after at least 3 runs)")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                    help="kill a configuration that takes longer than this in all (reported as timeout)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
-    p.add_argument("--max-memory-gb", type=float, default=None,
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--max-memory-gb", type=positive_float, default=None,
                    help="memory cap per configuration, reported as OOM when exceeded. CUDA: a per-process "
-                        "fraction of the GPU; CPU: address space beyond the loaded model and input (RLIMIT_AS)")
+                        "fraction of the GPU; CPU: address space beyond the loaded model (RLIMIT_AS), so the input "
+                        "counts: an input batch larger than the cap is refused before it is allocated")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (fp32 only)")
     p.add_argument("--check-scaling", action="store_true",
                    help="fit the exponent of time and memory against the number of tokens for each model")

@@ -14,6 +14,8 @@ events around it and waited for; on CPU with ``time.perf_counter``. bf16 is ``to
 """
 from __future__ import annotations
 
+import math
+
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -155,6 +157,15 @@ def make_step(model: nn.Module, images: torch.Tensor, mode: str, dtype: str) -> 
     return step
 
 
+def _input_over_cap(shape, max_bytes: Optional[int]) -> Optional[str]:
+    """Why an input batch of ``shape`` (float32) cannot fit under ``max_bytes``; None when it can (or no cap)."""
+    needed = 4 * math.prod(shape)
+    if not max_bytes or needed <= max_bytes:
+        return None
+    return (f"the input alone ({'x'.join(map(str, shape))} float32, {needed / 1024 ** 3:.3g} GiB) exceeds "
+            f"--max-memory-gb {max_bytes / 1024 ** 3:.3g}; not run")
+
+
 def run_configuration(config: Configuration) -> Measurement:
     """Build the model and input, then time and probe them. Allocation failures give status "oom"."""
     torch.manual_seed(config.seed)
@@ -176,11 +187,18 @@ def run_configuration(config: Configuration) -> Measurement:
 
             result.scan_impl = scan_impl_in_use(config.scan_impl if config.scan_impl != "auto" else None, device)
         model = model.to(device).train(config.mode == "train")
-        images = torch.randn(config.batch_size, _input_channels(model), size, size, device=device)
+        shape = (config.batch_size, _input_channels(model), size, size)
+        # The cap covers the input and everything the run allocates: refuse an input that alone exceeds it,
+        # and set the cap before the input is allocated.
+        refused = _input_over_cap(shape, config.max_memory_bytes)
+        if refused:
+            result.status, result.message = "oom", refused
+            return result
+        probe.cap(config.max_memory_bytes)
+        images = torch.randn(*shape, device=device)
         step = make_step(model, images, config.mode, config.dtype)
 
         result.baseline_memory_bytes = probe.start()
-        probe.cap(config.max_memory_bytes)
         seconds = time_steps(step, device, config.warmup, config.repeats, config.time_budget_s)
         result.peak_memory_bytes = probe.peak()
     except Exception as error:  # noqa: BLE001 - only allocation failures are results; anything else propagates

@@ -9,8 +9,9 @@ memory of that configuration:
 - CPU: the peak resident set size of the process (``VmHWM`` in ``/proc/self/status``), reset after set-up where
   the kernel allows it (``/proc/self/clear_refs``). It includes the interpreter and its libraries, which is why
   the baseline (resident memory before the first forward) is recorded next to it. ``--max-memory-gb`` limits the
-  address space the configuration may add beyond that baseline (``RLIMIT_AS``); an allocation past it fails and
-  is reported as OOM instead of letting the OS kill the machine's other processes.
+  address space the configuration may add once its model is loaded (``RLIMIT_AS``, set before the input batch
+  is allocated, so the input counts; an input larger than the cap is refused without allocating it); an
+  allocation past it fails and is reported as OOM instead of letting the OS kill the machine's other processes.
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli_args import positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="get the demo datasets, or check an image folder")
@@ -18,7 +20,7 @@ def register(subparsers) -> None:
     q.add_argument("--no-download", action="store_true", help="only look; fail with instructions if absent")
     q.add_argument("--samples", default=None, metavar="DIR",
                    help="also write the first --num test images as PNG files into DIR (for `vimamba predict`)")
-    q.add_argument("--num", type=int, default=8, help="how many sample images --samples writes")
+    q.add_argument("--num", type=positive_int, default=8, help="how many sample images --samples writes")
     q.set_defaults(func=_fashion_mnist)
 
     q = sub.add_parser("cifar10", formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Union
 from torch.utils.data import Dataset
 
 from .fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, default_cache_dir, ensure_fashion_mnist
-from .images import DataError, ImageFolderDataset, is_image_folder
+from .images import IMG_EXTENSIONS, DataError, ImageFolderDataset, is_image_folder
 from .transforms import Preprocessing
 
 __all__ = ["DATASET_NAMES", "DatasetSpec", "resolve_dataset", "open_split", "imagenet_class_names",
@@ -72,10 +72,25 @@ def find_split_dir(root: PathLike, split: str) -> Optional[Path]:
     return None
 
 
-def _folder_classes(train_dir: Path) -> Dict[str, int]:
-    classes = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir())
+def _has_image(folder: Path) -> bool:
+    """True as soon as one image file is found under ``folder`` (recursively, as ImageFolder reads it)."""
+    for _, _, files in os.walk(folder, followlinks=True):
+        if any(os.path.splitext(name)[1].lower() in IMG_EXTENSIONS for name in files):
+            return True
+    return False
+
+
+def _folder_classes(split_dir: Path) -> Dict[str, int]:
+    """The class index a split's folder defines: one class per sub-folder, sorted; an empty one is an error."""
+    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
     if not classes:
-        raise DataError(f"no class folders in '{train_dir}'; expected {train_dir}/<class name>/<images>")
+        raise DataError(f"no class folders in '{split_dir}'; expected {split_dir}/<class name>/<images>")
+    empty = [name for name in classes if not _has_image(split_dir / name)]
+    if empty:
+        shown = ", ".join(f"'{split_dir / name}'" for name in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        raise DataError(f"{len(empty)} class folder(s) of '{split_dir}' hold no images ({shown}); every class "
+                        f"folder must hold at least one image ({', '.join(IMG_EXTENSIONS)}): add images or remove "
+                        "the folder")
     return {name: i for i, name in enumerate(classes)}
 
 
@@ -84,7 +99,9 @@ def resolve_dataset(dataset: Optional[str] = None, data_dir: Optional[PathLike] 
     """Find a dataset by name (``dataset``) or as an image-folder tree (``data_dir``), fetching it if allowed.
 
     ``data_dir`` with a named dataset is where that dataset lives (IDX files, torchvision root, ImageNet folder).
-    ``need_train=False`` accepts a folder with only a validation split, or a bare ``<class>/<image>`` folder.
+    For training (``need_train``) the classes of a folder are the sub-folders of ``train/`` (at least 2, none
+    empty). ``need_train=False`` (evaluation) takes them from the split evaluated (``val/``, or a bare
+    ``<class>/<image>`` folder), so a training split with other classes does not matter.
     """
     name = (dataset or "").lower().replace("_", "-")
     if name in ("fashion-mnist", "fashionmnist", "fmnist"):
@@ -122,9 +139,12 @@ def resolve_dataset(dataset: Optional[str] = None, data_dir: Optional[PathLike] 
     if train_dir is not None and val_dir is None:
         raise DataError(f"'{root}' has no val/ folder to evaluate on; move some images of each class to "
                         f"{root}/val/<class>/")
-    if train_dir is not None:
+    if need_train:  # training: the training split defines the classes (a validation split may lack some)
         class_to_idx = _folder_classes(train_dir)
-    else:  # evaluation on a validation folder, or on a bare <class>/<image> folder
+        if len(class_to_idx) < 2:
+            raise DataError(f"'{train_dir}' has {len(class_to_idx)} class folder ({', '.join(class_to_idx)}); "
+                            "a classifier needs at least 2 classes (one folder per class)")
+    else:  # evaluation: the split evaluated defines its classes (the validation folder, or a bare one)
         val_dir = val_dir or root
         if not is_image_folder(val_dir):
             raise DataError(f"'{val_dir}' is not an image folder; expected {val_dir}/<class>/<images>")

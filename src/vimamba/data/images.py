@@ -142,13 +142,15 @@ class ImageFolderDataset(ImageFolder):
 
 
 def collate_skipping_unreadable(batch: Sequence[Optional[Tuple[Any, int]]]) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack ``(image, target)`` samples, leaving out ``None`` (unreadable) ones: ``(images, targets, skipped)``."""
+    """Stack ``(image, target)`` samples, leaving out ``None`` (unreadable) ones: ``(images, targets, skipped)``.
+
+    A batch whose images were all unreadable (e.g. the one image of a batch of 1) comes out empty: zero images,
+    zero targets, ``skipped = len(batch)``; the training and evaluation loops pass over it.
+    """
     good = [sample for sample in batch if sample is not None]
     skipped = len(batch) - len(good)
     if not good:
-        raise DataError(f"all {len(batch)} images of a batch were unreadable (see the warnings above); check the "
-                        "dataset")
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
     images = torch.stack([torch.as_tensor(img) for img, _ in good])
     targets = torch.as_tensor([int(t) for _, t in good], dtype=torch.long)
     return images, targets, skipped
-

@@ -6,8 +6,8 @@ exactly as the training run evaluated them. The official Vim checkpoints use res
 224, ImageNet mean/std: ``crop_pct = 224 / 256 = 0.875``.
 
 :class:`Augmentation` is the training-time randomness (timm ``create_transform(is_training=True)``): random resized
-crop, horizontal flip, RandAugment (``rand-m9-mstd0.5-inc1``), colour jitter (off when RandAugment is on) and random
-erasing. Mixup/CutMix act on batches and live in the trainer.
+crop, horizontal flip, RandAugment (``rand-m9-mstd0.5-inc1``; repaired by :mod:`.augment`), colour jitter (off
+when RandAugment is on) and random erasing. Mixup/CutMix act on batches and live in the trainer.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+from .augment import make_augmentations_safe
 
 __all__ = ["Preprocessing", "Augmentation", "build_train_transform", "build_eval_transform"]
 
@@ -82,12 +84,14 @@ def build_train_transform(pre: Preprocessing, aug: Augmentation):
     auto_augment = aug.auto_augment or None
     if auto_augment and pre.in_chans == 1:
         raise ValueError("RandAugment/AutoAugment work on RGB images; turn it off (--aa none) for 1-channel models")
-    return create_transform(
+    transform = create_transform(
         pre.img_size, is_training=True, train_crop_mode=aug.train_crop_mode, scale=tuple(aug.scale),
         ratio=tuple(aug.ratio), hflip=aug.hflip, color_jitter=aug.color_jitter or None, auto_augment=auto_augment,
         interpolation=aug.interpolation, mean=pre.mean, std=pre.std, re_prob=aug.re_prob, re_mode=aug.re_mode,
         re_count=aug.re_count,
     )
+    # timm's policy, with a posterize that works on Pillow 13 and ops that accept any image mode (augment.py)
+    return make_augmentations_safe(transform)
 
 
 def build_eval_transform(pre: Preprocessing):

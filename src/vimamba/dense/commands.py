@@ -13,6 +13,9 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..cli_args import (image_size, non_negative_float, non_negative_int, positive_float, positive_int, probability,
+                        unit_interval_open)
+
 __all__ = ["register"]
 
 _SEG_TRAIN_DEFAULTS = dict(iterations=60000, batch_size=8, lr=2e-4, weight_decay=0.1, layer_decay=0.92,
@@ -66,7 +69,7 @@ def _add_backbone_args(p, feature: str, out_indices_help: str) -> None:
                                                        "(head dropped, position embedding resized)")
     g.add_argument("--vim", nargs="*", metavar="KEY=VALUE",
                    help="Vim settings to override, e.g. drop_path_rate=0.1 (img_size defaults to the training size)")
-    g.add_argument("--out-indices", type=int, nargs="+", default=None, help=out_indices_help)
+    g.add_argument("--out-indices", type=non_negative_int, nargs="+", default=None, help=out_indices_help)
     g.add_argument("--feature", choices=["mixer", "residual"], default=feature,
                    help="block feature: mixer output or residual stream")
     g.add_argument("--feature-norm", action="store_true", help="apply the final RMSNorm to the block features")
@@ -75,25 +78,25 @@ def _add_backbone_args(p, feature: str, out_indices_help: str) -> None:
 def _add_train_args(p, defaults: dict) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--output", required=True, help="run folder: checkpoints, metrics.jsonl, curves.png, summary.json")
-    g.add_argument("--iterations", type=int, default=defaults["iterations"])
-    g.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="images per process")
-    g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=defaults["lr"])
-    g.add_argument("--weight-decay", type=float, default=defaults["weight_decay"])
-    g.add_argument("--layer-decay", type=float, default=defaults["layer_decay"],
+    g.add_argument("--iterations", type=positive_int, default=defaults["iterations"])
+    g.add_argument("--batch-size", type=positive_int, default=defaults["batch_size"], help="images per process")
+    g.add_argument("--accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=positive_float, default=defaults["lr"])
+    g.add_argument("--weight-decay", type=non_negative_float, default=defaults["weight_decay"])
+    g.add_argument("--layer-decay", type=unit_interval_open, default=defaults["layer_decay"],
                    help="layer-wise LR decay over the Vim blocks (1 = off)")
     g.add_argument("--no-decay-ssm", action="store_true", help="no weight decay on A_log (the official code decays it)")
     g.add_argument("--schedule", choices=["poly", "multistep"], default=defaults["schedule"])
-    g.add_argument("--milestones", type=int, nargs="*", default=list(defaults.get("milestones", ())),
+    g.add_argument("--milestones", type=positive_int, nargs="*", default=list(defaults.get("milestones", ())),
                    help="multistep: iterations at which the LR drops x0.1")
-    g.add_argument("--warmup-iters", type=int, default=defaults["warmup_iters"])
-    g.add_argument("--clip-grad", type=float, default=None)
+    g.add_argument("--warmup-iters", type=non_negative_int, default=defaults["warmup_iters"])
+    g.add_argument("--clip-grad", type=positive_float, default=None)
     g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="mixed precision")
-    g.add_argument("--eval-interval", type=int, default=defaults["eval_interval"])
-    g.add_argument("--checkpoint-interval", type=int, default=1000)
-    g.add_argument("--log-interval", type=int, default=50)
-    g.add_argument("--workers", type=int, default=4)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--eval-interval", type=positive_int, default=defaults["eval_interval"])
+    g.add_argument("--checkpoint-interval", type=positive_int, default=1000)
+    g.add_argument("--log-interval", type=positive_int, default=50)
+    g.add_argument("--workers", type=non_negative_int, default=4)
+    g.add_argument("--seed", type=non_negative_int, default=0)
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations (less memory)")
     g.add_argument("--resume", default=None, help="last.pth of an interrupted run")
     g.add_argument("--device", default="auto")
@@ -179,21 +182,21 @@ def _register_segment(subparsers) -> None:
     p.add_argument("--data", required=True, help="dataset root: images/{training,validation}, annotations/...")
     p.add_argument("--dataset", choices=["ade20k", "custom"], default="ade20k",
                    help="ade20k: 150 classes, reduce-zero-label, the ADE20K class names")
-    p.add_argument("--num-classes", type=int, default=None, help="custom datasets: number of classes")
+    p.add_argument("--num-classes", type=positive_int, default=None, help="custom datasets: number of classes")
     p.add_argument("--class-names", default=None, help="custom datasets: text file, one class name per line")
     p.add_argument("--reduce-zero-label", action="store_true", help="custom datasets: label 0 is 'ignore'")
     p.add_argument("--train-split", default="training")
     p.add_argument("--val-split", default="validation", help="'' to train without evaluation")
-    p.add_argument("--crop-size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
-    p.add_argument("--scale", type=int, nargs=2, default=[2048, 512], metavar=("LONG", "SHORT"),
+    p.add_argument("--crop-size", type=image_size, nargs=2, default=[512, 512], metavar=("H", "W"))
+    p.add_argument("--scale", type=image_size, nargs=2, default=[2048, 512], metavar=("LONG", "SHORT"),
                    help="rescale target (x ratio-range in training, x1 in evaluation)")
-    p.add_argument("--ratio-range", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
+    p.add_argument("--ratio-range", type=positive_float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
                    help="random rescale range of the training images")
     p.add_argument("--eval-mode", choices=["slide", "whole"], default="slide")
-    p.add_argument("--eval-stride", type=int, nargs=2, default=[341, 341], metavar=("H", "W"))
+    p.add_argument("--eval-stride", type=positive_int, nargs=2, default=[341, 341], metavar=("H", "W"))
     _add_backbone_args(p, "mixer", "blocks giving the 4 pyramid levels (default: 5 11 17 23 for depth 24)")
-    p.add_argument("--channels", type=int, default=None, help="UperNet width (default: the backbone's embed_dim)")
-    p.add_argument("--aux-weight", type=float, default=0.4, help="auxiliary FCN loss weight (0: no auxiliary head)")
+    p.add_argument("--channels", type=positive_int, default=None, help="UperNet width (default: the backbone's embed_dim)")
+    p.add_argument("--aux-weight", type=non_negative_float, default=0.4, help="auxiliary FCN loss weight (0: no auxiliary head)")
     _add_train_args(p, _SEG_TRAIN_DEFAULTS)
     p.set_defaults(func=_segment_train)
 
@@ -203,11 +206,11 @@ def _register_segment(subparsers) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="validation")
     p.add_argument("--mode", choices=["slide", "whole"], default=None, help="default: the run's setting")
-    p.add_argument("--crop-size", type=int, nargs=2, default=None, metavar=("H", "W"))
-    p.add_argument("--stride", type=int, nargs=2, default=None, metavar=("H", "W"))
+    p.add_argument("--crop-size", type=image_size, nargs=2, default=None, metavar=("H", "W"))
+    p.add_argument("--stride", type=positive_int, nargs=2, default=None, metavar=("H", "W"))
     p.add_argument("--output", default=None, help="write the metrics (with per-class IoU) to this JSON file")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_segment_eval)
 
@@ -216,17 +219,17 @@ def _register_segment(subparsers) -> None:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--output", required=True, help="folder for NAME_mask.png (class indices) and NAME_overlay.png")
     p.add_argument("--mode", choices=["slide", "whole"], default=None)
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--alpha", type=probability, default=0.5, help="overlay opacity")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_segment_predict)
 
     p = sub.add_parser("shapes", help="write a small synthetic dataset (coloured shapes) in the ADE20K layout",
                        formatter_class=_fmt)
     p.add_argument("root")
-    p.add_argument("--train", type=int, default=64)
-    p.add_argument("--val", type=int, default=16)
-    p.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=positive_int, default=64)
+    p.add_argument("--val", type=positive_int, default=16)
+    p.add_argument("--size", type=image_size, nargs=2, default=[128, 128], metavar=("H", "W"))
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=_segment_shapes)
 
 
@@ -364,11 +367,11 @@ def _register_detect(subparsers) -> None:
     p.add_argument("--val-images", default=None, help="validation image folder")
     p.add_argument("--val-annotations", default=None, help="validation COCO json")
     p.add_argument("--arch", choices=["mask_rcnn", "faster_rcnn"], default="mask_rcnn")
-    p.add_argument("--image-size", type=int, default=1024, help="images are resized to fit this square")
+    p.add_argument("--image-size", type=image_size, default=1024, help="images are resized to fit this square")
     p.add_argument("--lsj", action=argparse.BooleanOptionalAction, default=True,
                    help="large-scale jitter (scale 0.1-2 and crop to --image-size)")
-    p.add_argument("--anchor-sizes", type=int, nargs=5, default=[32, 64, 128, 256, 512])
-    p.add_argument("--pyramid-channels", type=int, default=256)
+    p.add_argument("--anchor-sizes", type=positive_int, nargs=5, default=[32, 64, 128, 256, 512])
+    p.add_argument("--pyramid-channels", type=positive_int, default=256)
     p.add_argument("--detector", nargs="*", metavar="KEY=VALUE",
                    help="other DetectorConfig settings, e.g. head_channels=128 box_fc=512 rpn_post_nms_top_n_test=300")
     _add_backbone_args(p, "residual", "blocks feeding the pyramid (default: the last one, ViTDet)")
@@ -380,7 +383,7 @@ def _register_detect(subparsers) -> None:
     _add_coco_args(p, "evaluation")
     p.add_argument("--output", default=None, help="write the metrics to this JSON file")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_detect_eval)
 
@@ -388,16 +391,16 @@ def _register_detect(subparsers) -> None:
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--output", required=True, help="folder for NAME_detections.png and detections.json")
-    p.add_argument("--score-thresh", type=float, default=0.5)
+    p.add_argument("--score-thresh", type=probability, default=0.5)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_detect_predict)
 
     p = sub.add_parser("shapes", help="write a small synthetic COCO dataset (coloured shapes)", formatter_class=_fmt)
     p.add_argument("root")
-    p.add_argument("--train", type=int, default=64)
-    p.add_argument("--val", type=int, default=16)
-    p.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=positive_int, default=64)
+    p.add_argument("--val", type=positive_int, default=16)
+    p.add_argument("--size", type=image_size, nargs=2, default=[128, 128], metavar=("H", "W"))
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=_detect_shapes)
 
 

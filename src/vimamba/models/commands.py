@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..cli_args import check_image_size, image_size
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("models", help="list the registered Vim models",
@@ -16,7 +18,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="describe a model name or a checkpoint file",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="registered model name or checkpoint path")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, help="also show the token count at these sizes")
+    p.add_argument("--img-size", type=image_size, nargs="+", default=None, help="also show the token count at these sizes")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects in a .pth you trust")
     p.set_defaults(func=_info)
 
@@ -79,6 +81,7 @@ def _info(args) -> int:
     print(f"parameters: {_count(model):,}")
     print(json.dumps({k: v for k, v in cfg.to_dict().items()}, indent=2))
     for size in args.img_size or []:
+        check_image_size(size, cfg.patch_size)
         grid = model.patch_embed.feat_size((size, size))
         print(f"{size}x{size}: {grid[0]}x{grid[1]} patches + 1 class token = {grid[0] * grid[1] + 1} tokens")
     return 0

@@ -263,11 +263,13 @@ class GracefulInterrupt:
 
 
 def leave_signals_to_main_process(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGINT and SIGTERM.
+    """DataLoader ``worker_init_fn``: workers leave SIGINT/SIGTERM to the main process, and end when it says so.
 
     Ctrl-C, ``timeout``, ``kill -- -PGID`` and Slurm's ``scancel`` signal every process of the job, data workers
     included. A worker that died of it would take the run down before the main process had saved its checkpoint;
-    ignoring the signal leaves the main process (:class:`GracefulInterrupt`) to save and then shut its workers down.
+    so a worker ignores SIGINT and any SIGTERM not sent by its own main process, which saves and then shuts its
+    workers down with a SIGTERM of its own (see :mod:`vimamba.data.workers`).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from ..data.workers import worker_init
+
+    worker_init(worker_id)

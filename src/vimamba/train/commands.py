@@ -12,6 +12,7 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any, Dict
 
+from ..cli_args import image_size, non_negative_int, positive_int, unit_interval_open
 from .config import RECIPE_NOTES, RECIPES, TrainConfig
 
 # annotation (as a string: postponed evaluation) -> (argparse type, nargs)
@@ -75,7 +76,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         arg_type, nargs = _ARG_TYPES[f.type]
-        kwargs.update(type=arg_type)
+        kwargs.update(type=meta.get("check") or arg_type)  # the field's validating type (vimamba.cli_args)
         if nargs:
             kwargs["nargs"] = nargs
         if meta.get("choices"):
@@ -103,8 +104,8 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default=None, choices=("fashion-mnist", "cifar10", "imagenet"),
                    help="a named dataset's test split instead (with --data: where it lives)")
     _add_inference_arguments(p)
-    p.add_argument("--batch-size", type=int, default=128, help="images per batch")
-    p.add_argument("--workers", type=int, default=4, help="data-loading worker processes")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per batch")
+    p.add_argument("--workers", type=non_negative_int, default=4, help="data-loading worker processes")
     p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast precision")
     p.add_argument("--strict-data", action="store_true", help="stop on an unreadable image instead of skipping it")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -115,16 +116,16 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="a vimamba training checkpoint, exported weights, or an official Vim .pth")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--top-k", type=int, default=5, help="how many classes to show per image")
+    p.add_argument("--top-k", type=positive_int, default=5, help="how many classes to show per image")
     _add_inference_arguments(p)
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=_predict)
 
 
 def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--img-size", type=int, default=None, metavar="S",
+    p.add_argument("--img-size", type=image_size, default=None, metavar="S",
                    help="evaluate at this resolution (default: the checkpoint's; resize S / crop-pct, crop S)")
-    p.add_argument("--crop-pct", type=float, default=None,
+    p.add_argument("--crop-pct", type=unit_interval_open, default=None,
                    help="centre-crop fraction (default: the checkpoint's; 0.875 for the official models)")
     p.add_argument("--weights", default="auto", choices=("auto", "model", "ema"),
                    help="with a training checkpoint: the trained or the EMA weights")

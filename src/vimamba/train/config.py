@@ -12,14 +12,22 @@ Learning rates are per 512 images and scaled by the global batch unless ``--unsc
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from ..cli_args import (image_size, non_negative_float, non_negative_int, positive_float, positive_int, probability,
+                        unit_interval_open)
 
 __all__ = ["TrainConfig", "RECIPES", "RECIPE_NOTES", "pick_recipe", "resolve_config", "ARCH_FIELDS"]
 
 
-def _f(default: Any, help: str, group: str, flag: Optional[str] = None, choices=None, metavar=None):
-    return field(default=default, metadata=dict(help=help, group=group, flag=flag, choices=choices, metavar=metavar))
+def _f(default: Any, help: str, group: str, flag: Optional[str] = None, choices=None, metavar=None,
+       check: Optional[Callable[[Any], Any]] = None):
+    """A field and its flag: help text, group, choices, and ``check``, the :mod:`vimamba.cli_args` type that parses
+    and validates the flag's value (for tuple fields, each element's)."""
+    return field(default=default, metadata=dict(help=help, group=group, flag=flag, choices=choices, metavar=metavar,
+                                                check=check))
 
 
 @dataclass
@@ -32,81 +40,91 @@ class TrainConfig:
                                 choices=("fashion-mnist", "cifar10", "imagenet"))
     strict_data: bool = _f(False, "stop on an unreadable image instead of skipping it (skipped files are named and "
                            "counted)", "data")
-    workers: int = _f(4, "data-loading worker processes per training process (0: load in the main process)", "data")
+    workers: int = _f(4, "data-loading worker processes per training process (0: load in the main process)", "data",
+                      check=non_negative_int)
     # --------------------------------------------------------------------------------------------- model
     model: str = _f("vim_tiny_patch16_224", "a vimamba model (`vimamba models`) or a timm model name such as "
                     "deit_tiny_patch16_224 (the size flags below apply to both)", "model", metavar="NAME")
     img_size: Optional[int] = _f(None, "input resolution (default: the dataset's native size: 224 for folders/"
-                                 "ImageNet, 28 Fashion-MNIST, 32 CIFAR-10)", "model", metavar="S")
-    patch_size: Optional[int] = _f(None, "patch size (default: the model's, 16)", "model")
+                                 "ImageNet, 28 Fashion-MNIST, 32 CIFAR-10)", "model", metavar="S", check=image_size)
+    patch_size: Optional[int] = _f(None, "patch size (default: the model's, 16)", "model", check=positive_int)
     stride: Optional[int] = _f(None, "patch stride, Vim only (default: the model's; 8 for the '+' long-sequence "
-                               "models)", "model")
-    embed_dim: Optional[int] = _f(None, "embedding width (default: the model's)", "model")
-    depth: Optional[int] = _f(None, "number of blocks (default: the model's)", "model")
-    d_state: Optional[int] = _f(None, "SSM state size N, Vim only (default: the model's, 16)", "model")
-    num_heads: Optional[int] = _f(None, "attention heads, timm ViT/DeiT only (default: the model's)", "model")
-    drop_path: float = _f(0.1, "stochastic depth rate", "model")
-    drop: float = _f(0.0, "dropout rate (Vim: after the position embedding)", "model")
+                               "models)", "model", check=positive_int)
+    embed_dim: Optional[int] = _f(None, "embedding width (default: the model's)", "model", check=positive_int)
+    depth: Optional[int] = _f(None, "number of blocks (default: the model's)", "model", check=positive_int)
+    d_state: Optional[int] = _f(None, "SSM state size N, Vim only (default: the model's, 16)", "model",
+                                check=positive_int)
+    num_heads: Optional[int] = _f(None, "attention heads, timm ViT/DeiT only (default: the model's)", "model",
+                                  check=positive_int)
+    drop_path: float = _f(0.1, "stochastic depth rate", "model", check=probability)
+    drop: float = _f(0.0, "dropout rate (Vim: after the position embedding)", "model", check=probability)
     finetune: Optional[str] = _f(None, "start from these weights (a new run: fresh optimizer and schedule; another "
                                  "class count gets a new head; position embeddings are resized, e.g. stride 16 -> 8)",
                                  "model", metavar="CKPT")
     grad_checkpointing: bool = _f(False, "recompute block activations in backward (less memory, ~30% slower)",
                                   "model")
     # --------------------------------------------------------------------------------------------- schedule
-    epochs: int = _f(300, "training epochs", "schedule")
+    epochs: int = _f(300, "training epochs", "schedule", check=positive_int)
     batch_size: int = _f(64, "images per process per step (global batch = this x processes x --accum-steps)",
-                         "schedule", metavar="B")
-    accum_steps: int = _f(1, "gradient accumulation: micro-batches per optimizer step", "schedule")
+                         "schedule", metavar="B", check=positive_int)
+    accum_steps: int = _f(1, "gradient accumulation: micro-batches per optimizer step", "schedule", check=positive_int)
     lr: float = _f(5e-4, "peak learning rate per 512 images (scaled by global batch / 512 unless --unscale-lr)",
-                   "schedule", metavar="LR")
+                   "schedule", metavar="LR", check=positive_float)
     unscale_lr: bool = _f(False, "use --lr as given, without the global-batch scaling", "schedule")
-    min_lr: float = _f(1e-5, "final learning rate of the cosine schedule (not scaled)", "schedule")
-    warmup_lr: float = _f(1e-6, "learning rate at the start of the warmup (not scaled)", "schedule")
-    warmup_epochs: float = _f(5.0, "linear warmup length in epochs (stepped per iteration)", "schedule")
+    min_lr: float = _f(1e-5, "final learning rate of the cosine schedule (not scaled)", "schedule",
+                       check=non_negative_float)
+    warmup_lr: float = _f(1e-6, "learning rate at the start of the warmup (not scaled)", "schedule",
+                          check=non_negative_float)
+    warmup_epochs: float = _f(5.0, "linear warmup length in epochs (stepped per iteration)", "schedule",
+                              check=non_negative_float)
     sched: str = _f("cosine", "learning-rate schedule (timm scheduler name)", "schedule",
                     choices=("cosine", "step", "multistep", "plateau", "tanh", "poly", "const"))
     # --------------------------------------------------------------------------------------------- optimizer
     opt: str = _f("adamw", "optimizer (timm name: adamw, sgd, lamb, lion, ...)", "optimizer")
-    opt_eps: float = _f(1e-8, "optimizer epsilon", "optimizer")
+    opt_eps: float = _f(1e-8, "optimizer epsilon", "optimizer", check=positive_float)
     opt_betas: Optional[Tuple[float, float]] = _f(None, "optimizer betas (default: the optimizer's, 0.9 0.999)",
-                                                   "optimizer")
-    momentum: float = _f(0.9, "SGD momentum", "optimizer")
+                                                   "optimizer", check=probability)
+    momentum: float = _f(0.9, "SGD momentum", "optimizer", check=probability)
     weight_decay: float = _f(0.05, "weight decay (never on 1-D parameters, biases, pos_embed, cls_token)",
-                             "optimizer")
+                             "optimizer", check=non_negative_float)
     decay_ssm: bool = _f(True, "weight decay on the 2-D SSM matrices A_log/A_b_log, as the official recipe does; "
                          "--no-decay-ssm exempts them too", "optimizer")
     layer_decay: Optional[float] = _f(None, "layer-wise learning-rate decay factor, e.g. 0.75 for fine-tuning "
-                                      "(default: off)", "optimizer")
+                                      "(default: off)", "optimizer", check=unit_interval_open)
     clip_grad: Optional[float] = _f(None, "clip the global gradient norm to this (default: off, as official)",
-                                    "optimizer")
+                                    "optimizer", check=positive_float)
     # --------------------------------------------------------------------------------------------- augmentation
     aa: Optional[str] = _f("rand-m9-mstd0.5-inc1", "RandAugment policy (timm syntax); 'none' turns it off",
                            "augmentation")
-    color_jitter: float = _f(0.3, "colour jitter strength (only when --aa is off)", "augmentation")
-    scale: Tuple[float, float] = _f((0.08, 1.0), "random-resized-crop area range", "augmentation")
-    ratio: Tuple[float, float] = _f((3 / 4, 4 / 3), "random-resized-crop aspect-ratio range", "augmentation")
-    hflip: float = _f(0.5, "horizontal flip probability", "augmentation")
+    color_jitter: float = _f(0.3, "colour jitter strength (only when --aa is off)", "augmentation",
+                             check=non_negative_float)
+    scale: Tuple[float, float] = _f((0.08, 1.0), "random-resized-crop area range", "augmentation",
+                                    check=unit_interval_open)
+    ratio: Tuple[float, float] = _f((3 / 4, 4 / 3), "random-resized-crop aspect-ratio range", "augmentation",
+                                    check=positive_float)
+    hflip: float = _f(0.5, "horizontal flip probability", "augmentation", check=probability)
     train_interpolation: str = _f("bicubic", "resize interpolation for training crops", "augmentation",
                                   choices=("bicubic", "bilinear", "nearest", "random"))
-    reprob: float = _f(0.25, "random erasing probability", "augmentation")
+    reprob: float = _f(0.25, "random erasing probability", "augmentation", check=probability)
     remode: str = _f("pixel", "random erasing fill", "augmentation", choices=("pixel", "rand", "const"))
-    recount: int = _f(1, "random erasing count", "augmentation")
+    recount: int = _f(1, "random erasing count", "augmentation", check=positive_int)
     repeated_aug: bool = _f(True, "repeated augmentation (3 augmented copies of each image per epoch across "
                             "processes; distributed runs only)", "augmentation")
-    smoothing: float = _f(0.1, "label smoothing", "augmentation")
-    mixup: float = _f(0.8, "mixup alpha (0: off)", "augmentation")
-    cutmix: float = _f(1.0, "cutmix alpha (0: off)", "augmentation")
-    mixup_prob: float = _f(1.0, "probability of mixing a batch", "augmentation")
-    mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup when both are on", "augmentation")
+    smoothing: float = _f(0.1, "label smoothing", "augmentation", check=probability)
+    mixup: float = _f(0.8, "mixup alpha (0: off)", "augmentation", check=non_negative_float)
+    cutmix: float = _f(1.0, "cutmix alpha (0: off)", "augmentation", check=non_negative_float)
+    mixup_prob: float = _f(1.0, "probability of mixing a batch", "augmentation", check=probability)
+    mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup when both are on", "augmentation",
+                                  check=probability)
     mixup_mode: str = _f("batch", "mixup granularity", "augmentation", choices=("batch", "pair", "elem"))
     # --------------------------------------------------------------------------------------------- EMA, precision
     model_ema: bool = _f(True, "keep an exponential moving average of the weights (evaluated every epoch)", "ema")
-    model_ema_decay: float = _f(0.99996, "EMA decay per optimizer step", "ema")
+    model_ema_decay: float = _f(0.99996, "EMA decay per optimizer step", "ema", check=probability)
     model_ema_warmup: bool = _f(False, "ramp the EMA decay up over the first steps (for short runs)", "ema")
     amp: str = _f("off", "mixed precision: bf16 (autocast, SSM state in float32), fp16 (with loss scaling), or off "
                   "(float32, the official setting)", "precision", choices=("off", "bf16", "fp16"))
     max_bad_steps: int = _f(20, "stop after this many optimizer steps in a row with a NaN/inf loss or gradient "
-                            "(each is skipped)", "precision")
+                            "(each is skipped)", "precision", check=positive_int)
     # --------------------------------------------------------------------------------------------- run
     output: str = _f("runs/train", "output directory: last.pth, best.pth, metrics.jsonl, curves.png, summary.json",
                      "run", metavar="DIR")
@@ -116,11 +134,11 @@ class TrainConfig:
     overwrite: bool = _f(False, "start a new run in an output directory that already holds one (its checkpoints "
                          "are replaced)", "run")
     best_metric: str = _f("top1", "metric that selects best.pth", "run", choices=("top1", "ema_top1"))
-    eval_every: int = _f(1, "evaluate every N epochs (and always after the last)", "run")
+    eval_every: int = _f(1, "evaluate every N epochs (and always after the last)", "run", check=positive_int)
     export: bool = _f(True, "at the end, export the best weights as model.safetensors with class names (Vim "
                       "models)", "run")
     device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps (under torchrun: one GPU per process)", "run")
-    seed: int = _f(0, "random seed", "run")
+    seed: int = _f(0, "random seed", "run", check=non_negative_int)
     recipe: str = _f("auto", "named set of defaults (see the list below); auto picks it from the model and data",
                      "run")
 
@@ -231,7 +249,23 @@ def _make(values: Dict[str, Any]) -> TrainConfig:
 
 
 def _validate(cfg: TrainConfig) -> None:
+    for f in fields(TrainConfig):  # each field's own check (the type its flag is parsed with)
+        check, value = f.metadata.get("check"), getattr(cfg, f.name)
+        if check is None or value is None:
+            continue
+        for item in (value if isinstance(value, (tuple, list)) else (value,)):
+            try:
+                check(item)
+            except argparse.ArgumentTypeError as e:
+                flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+                raise ValueError(f"{flag} {e}") from None
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0
     checks = [
+        (cfg.scale[0] <= cfg.scale[1], f"--scale MIN MAX needs MIN <= MAX, got {cfg.scale}"),
+        (cfg.ratio[0] <= cfg.ratio[1], f"--ratio MIN MAX needs MIN <= MAX, got {cfg.ratio}"),
+        (not mixing or cfg.batch_size >= 2, f"Mixup/CutMix mix pairs of images: --batch-size must be >= 2 (got "
+         f"{cfg.batch_size}), or turn them off with --mixup 0 --cutmix 0"),
+        (cfg.smoothing < 1, f"--smoothing must be < 1, got {cfg.smoothing}"),
         (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
         (cfg.accum_steps >= 1, f"--accum-steps must be >= 1, got {cfg.accum_steps}"),

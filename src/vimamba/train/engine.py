@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.workers import DataLoadingError, describe_failure, is_worker_failure, worker_deaths_deferred
 from .distributed import all_reduce_max, all_reduce_sums, get_world_size, unwrap_model
 from .precision import MixedPrecision
 from .reporting import ProgressStats, progress
@@ -90,45 +91,70 @@ def train_one_epoch(
     loss_trace: List[Tuple[int, float]] = []
     trace_sum, trace_count = 0.0, 0
 
-    for batch in bar:
+    # where the last finished optimizer step left the epoch: what a checkpoint written after a failure holds
+    committed_batches, committed_step = batches_done, global_step
+    iterator = iter(bar)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        except Exception as e:  # a worker raised or died: the model is as the last optimizer step left it
+            raise DataLoadingError(f"loading a training batch failed in epoch {epoch + 1} after batch "
+                                   f"{committed_batches}: {describe_failure(e)}", batches_done=committed_batches,
+                                   global_step=committed_step) from e
         if batches_done >= usable:
             break
-        images, targets, skipped = _unpack(batch)
-        skipped_images += int(skipped)
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            if images.shape[0] % 2:  # timm's Mixup pairs images: drop one when a skipped file made the batch odd
+        try:
+            images, targets, skipped = _unpack(batch)
+            skipped_images += int(skipped)
+            if mixup_fn is not None and images.shape[0] % 2:
+                # timm's Mixup pairs images: drop one when a skipped file made the batch odd
                 images, targets = images[:-1], targets[:-1]
-            images, targets = mixup_fn(images, targets)
+            if images.shape[0] == 0:  # every image of this batch was unreadable (named above): nothing to learn
+                batches_done += 1
+                continue
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if mixup_fn is not None:
+                images, targets = mixup_fn(images, targets)
 
-        micro += 1
-        last_micro = micro == accum_steps
-        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with precision.autocast():
-                output = model(images)
-                loss = criterion(output, targets)
-            finite = precision.is_finite(loss)
-            loss_finite = loss_finite and finite
-            precision.backward(loss / accum_steps)
-        loss_value = float(loss.detach()) if finite else float("nan")
-        stats.update(loss_value, images.shape[0])
-        if finite:
-            trace_sum, trace_count = trace_sum + loss_value, trace_count + 1
-        batches_done += 1
-        if not last_micro:
-            continue
+            micro += 1
+            last_micro = micro == accum_steps
+            sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with precision.autocast():
+                    output = model(images)
+                    loss = criterion(output, targets)
+                finite = precision.is_finite(loss)
+                loss_finite = loss_finite and finite
+                precision.backward(loss / accum_steps)
+            loss_value = float(loss.detach()) if finite else float("nan")
+            stats.update(loss_value, images.shape[0])
+            if finite:
+                trace_sum, trace_count = trace_sum + loss_value, trace_count + 1
+            batches_done += 1
+            if not last_micro:
+                continue
 
-        micro = 0
-        outcome = precision.step(optimizer, params, clip_grad=clip_grad, loss_finite=loss_finite,
-                                 where=f"epoch {epoch + 1}, step {global_step + 1}")
-        loss_finite = True
-        global_step += 1
-        if outcome.stepped and ema is not None:
-            ema.update(unwrap_model(model), step=global_step)
-        if scheduler is not None:
-            scheduler.step_update(num_updates=global_step)
+            micro = 0
+            with worker_deaths_deferred():  # an update is applied whole, or not at all
+                outcome = precision.step(optimizer, params, clip_grad=clip_grad, loss_finite=loss_finite,
+                                         where=f"epoch {epoch + 1}, step {global_step + 1}")
+                loss_finite = True
+                global_step += 1
+                if outcome.stepped and ema is not None:
+                    ema.update(unwrap_model(model), step=global_step)
+                if scheduler is not None:
+                    scheduler.step_update(num_updates=global_step)
+                committed_batches, committed_step = batches_done, global_step
+        except RuntimeError as e:
+            if not is_worker_failure(e):
+                raise
+            # torch reports a worker's death from its SIGCHLD handler, wherever the main process is
+            raise DataLoadingError(f"loading a training batch failed in epoch {epoch + 1} after batch "
+                                   f"{committed_batches}: {describe_failure(e)}", batches_done=committed_batches,
+                                   global_step=committed_step) from e
         if trace_every and global_step % trace_every == 0 and trace_count:
             loss_trace.append((batches_done, trace_sum / trace_count))
             trace_sum, trace_count = 0.0, 0
@@ -163,8 +189,18 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, precision: Optio
     model.eval()
     sums = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0, "skipped": 0.0}
     autocast = precision.autocast if precision is not None else contextlib.nullcontext
-    for batch in progress(loader, total=len(loader), desc=desc):
+    iterator = iter(progress(loader, total=len(loader), desc=desc))
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        except Exception as e:  # a worker raised or died
+            raise DataLoadingError(f"loading an evaluation batch failed ({desc}): {describe_failure(e)}") from e
         images, targets, skipped = _unpack(batch)
+        sums["skipped"] += int(skipped)
+        if images.shape[0] == 0:  # every image of this batch was unreadable
+            continue
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast():
             logits = model(images)
@@ -174,7 +210,6 @@ def evaluate(model: nn.Module, loader, *, device: torch.device, precision: Optio
         sums["top1"] += hits[1]
         sums["top5"] += hits[5]
         sums["count"] += targets.shape[0]
-        sums["skipped"] += int(skipped)
     model.train(was_training)
     sums = all_reduce_sums(sums)
     count = max(sums["count"], 1.0)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from ..data.datasets import open_split, resolve_dataset
 from ..data.images import collate_skipping_unreadable
 from ..data.transforms import Augmentation, build_eval_transform, build_train_transform
+from ..data.workers import DataLoadingError
 from ..models.checkpoint import load_checkpoint, save_weights
 from .checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
                             load_training_checkpoint, restore_training_state)
@@ -214,6 +215,10 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
                 kept = (f"the last good checkpoint is '{manager.last_path}'" if manager.last_path.is_file() else
                         "no checkpoint had been written yet")
                 raise NonFiniteLossError(f"{e} Nothing was saved after the failure: {kept}.") from e
+            except DataLoadingError as e:  # a data worker raised or died: keep what was trained, then stop
+                global_step = e.global_step
+                raise _saved_after_failure(e, manager, lambda: training_state(epoch, e.batches_done),
+                                           dist_info) from e
             global_step, batches_done = result.global_step, result.batches_done
             if result.skipped_images:
                 print_once(f"warning: {result.skipped_images} unreadable image(s) skipped in epoch {epoch + 1} (named "
@@ -236,11 +241,16 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
             if result.skipped_images or result.skipped_steps:
                 record.update(skipped_images=result.skipped_images, skipped_steps=result.skipped_steps)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                val = evaluate(bare_model, val_loader, device=device, precision=precision, desc="eval")
-                record.update(val_loss=val["loss"], top1=val["top1"], top5=val["top5"])
-                if ema is not None:
-                    ema_val = evaluate(ema.module, val_loader, device=device, precision=precision, desc="eval EMA")
-                    record.update(ema_loss=ema_val["loss"], ema_top1=ema_val["top1"], ema_top5=ema_val["top5"])
+                try:
+                    val = evaluate(bare_model, val_loader, device=device, precision=precision, desc="eval")
+                    record.update(val_loss=val["loss"], top1=val["top1"], top5=val["top5"])
+                    if ema is not None:
+                        ema_val = evaluate(ema.module, val_loader, device=device, precision=precision,
+                                           desc="eval EMA")
+                        record.update(ema_loss=ema_val["loss"], ema_top1=ema_val["top1"], ema_top5=ema_val["top5"])
+                except DataLoadingError as e:  # the epoch is trained: keep it (not evaluated), then stop
+                    metrics.append(record)
+                    raise _saved_after_failure(e, manager, lambda: training_state(epoch + 1, 0), dist_info) from e
                 last_eval = record
             metrics.append(record)
             manager.save(training_state(epoch + 1, 0), metric_value=record.get(cfg.best_metric))
@@ -294,6 +304,19 @@ def _summary(cfg, spec, model_spec, num_params, metrics, manager, run_start, pre
     summary.update(checkpoint=str(manager.best_path if manager.best_path.is_file() else manager.last_path),
                    curves=str(Path(cfg.output) / "curves.png"), metrics_log=str(Path(cfg.output) / "metrics.jsonl"))
     return summary
+
+
+def _saved_after_failure(error: DataLoadingError, manager: CheckpointManager, state: Callable[[], Dict[str, Any]],
+                         dist_info: DistInfo) -> DataLoadingError:
+    """Save the state the last finished step left (one process only: a collective would wait for ranks that are
+    not coming) and return the error to raise, saying where the run can continue from."""
+    if dist_info.distributed:
+        kept = (f"the last checkpoint is '{manager.last_path}'" if manager.last_path.is_file() else
+                "no checkpoint had been written yet")
+        return DataLoadingError(f"{str(error).rstrip('.')}. In a distributed run nothing is saved after a failure: {kept}.")
+    manager.save(state())
+    return DataLoadingError(f"{str(error).rstrip('.')}. Saved {manager.last_path}; fix the cause, then continue with: vimamba train "
+                            f"--resume {manager.last_path}")
 
 
 def _export(model: nn.Module, manager: CheckpointManager, cfg: TrainConfig, extras: Dict[str, Any],
