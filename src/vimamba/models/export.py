@@ -3,7 +3,7 @@
 The selective scan and the fused convolution are PyTorch operators (``torch.ops.vimamba.*``, see
 :mod:`vimamba.ops.library`) with shape functions, and the position embedding is resized inside ``forward`` without
 pinning the traced size (:func:`vimamba.models.pos_embed.same_grid`), so one exported program serves every batch size
-and every image height and width that is a multiple of the patch stride (at least one patch)::
+and every image height and width that is a multiple of the patch stride (at least two patches per side)::
 
     program = export_vim(model)                        # eval mode, no gradients
     logits = program.module()(torch.randn(3, 3, 320, 256))
@@ -32,14 +32,14 @@ def _stem(model: nn.Module):
 def dynamic_image_shapes(model: nn.Module, *, dynamic_batch: bool = True, dynamic_size: bool = True,
                          max_side: Optional[int] = None) -> Dict[str, Dict[int, Any]]:
     """``dynamic_shapes`` for ``torch.export.export(model, (images,), ...)``: batch >= 1, height and width multiples
-    of the patch stride of at least one patch (up to ``max_side`` pixels if given)."""
+    of the patch stride giving at least two patches per side (up to ``max_side`` pixels if given)."""
     pe = _stem(model)
     stride, patch = pe.stride, pe.patch_size
     shapes: Dict[int, Any] = {}
     if dynamic_batch:
         shapes[0] = Dim("batch", min=1)
     if dynamic_size:
-        low = -(-patch // stride)
+        low = -(-(patch + stride) // stride)  # two patches per side: a size of 1 would be specialised
         high = max_side // stride if max_side is not None else None
         for axis, name in ((2, "height"), (3, "width")):
             dim = Dim(f"{name}_in_strides", min=low, max=high) if high is not None else Dim(f"{name}_in_strides",

@@ -31,7 +31,14 @@ def same_grid(a: Tuple[int, int], b: Tuple[int, int]) -> bool:
 def insert_cls_token(patches: torch.Tensor, cls_token: torch.Tensor) -> torch.Tensor:
     """(B, M, D) patches + (B, 1, D) class token -> (B, M + 1, D) with the class token at index M // 2."""
     middle = patches.shape[1] // 2
-    return torch.cat([patches[:, :middle], cls_token, patches[:, middle:]], dim=1)
+    if isinstance(middle, int):
+        return torch.cat([patches[:, :middle], cls_token, patches[:, middle:]], dim=1)
+    # A symbolic length (torch.export with a dynamic image size): the same result by a gather, because slicing at
+    # a symbolic middle leaves bounds that a saved program cannot re-check when it is loaded.
+    tokens = torch.cat([cls_token, patches], dim=1)
+    slots = torch.arange(tokens.shape[1], device=tokens.device)
+    source = torch.where(slots < middle, slots + 1, torch.where(slots == middle, torch.zeros_like(slots), slots))
+    return tokens.index_select(1, source)
 
 
 def remove_cls_token(tokens: torch.Tensor) -> torch.Tensor:
