@@ -124,3 +124,61 @@ def test_dynamic_shapes_follow_the_stride():
         export_vim(model, torch.zeros(1, 3, 60, 64))
     with pytest.raises(TypeError, match="VisionMamba"):
         export_vim(torch.nn.Linear(2, 2))
+
+
+# --------------------------------------------------------------------------------------------- vimamba train --compile
+
+
+def test_compile_choice_by_device():
+    from vimamba.train.compiled import should_compile
+
+    assert should_compile("auto", torch.device("cuda")) and not should_compile("auto", torch.device("cpu"))
+    assert should_compile("on", torch.device("cpu")) and not should_compile("off", torch.device("cuda"))
+    with pytest.raises(ValueError, match="--compile"):
+        should_compile("yes", torch.device("cpu"))
+
+
+def test_training_wrapper_compiles_and_unwraps():
+    from vimamba.train.compiled import CompiledWithFallback
+    from vimamba.train.distributed import unwrap_model
+
+    torch.manual_seed(0)
+    model = tiny_vim(depth=1)
+    images = torch.randn(2, 3, 16, 16)
+    eager = _step(model, images)
+    wrapper = CompiledWithFallback(model, log=lambda line: None, backend="aot_eager")
+    assert unwrap_model(wrapper) is model
+    assert list(wrapper.state_dict()) == [f"module.{k}" for k in model.state_dict()]  # one copy of the weights
+    _assert_same_step(eager, _step(wrapper, images))
+    assert wrapper.failed is None
+
+
+def test_training_wrapper_falls_back_to_eager_with_one_line(monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from vimamba.train import compiled
+
+    def broken_compile(model, **kwargs):
+        def call(*args, **kw):
+            raise BackendCompilerFailed(lambda *a: None, RuntimeError("simulated: no C++ compiler"), None)
+        return call
+
+    monkeypatch.setattr(compiled.torch, "compile", broken_compile)
+    lines = []
+    model = tiny_vim(depth=1).eval()
+    wrapper = compiled.maybe_compile(model, "on", torch.device("cpu"), log=lines.append)
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(wrapper(images), model(images))
+        assert torch.equal(wrapper(images), model(images))
+    warnings = [line for line in lines if "failed" in line]
+    assert len(warnings) == 1 and "simulated: no C++ compiler" in warnings[0] and "--compile off" in warnings[0]
+    assert compiled.maybe_compile(model, "off", torch.device("cpu")) is model
+
+
+def test_training_wrapper_does_not_hide_input_errors():
+    from vimamba.train.compiled import CompiledWithFallback
+
+    wrapper = CompiledWithFallback(tiny_vim(depth=1), log=lambda line: None, backend="aot_eager")
+    with pytest.raises(ValueError, match="channel"):
+        wrapper(torch.randn(2, 5, 16, 16))

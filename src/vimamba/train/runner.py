@@ -24,6 +24,7 @@ from ..data.transforms import Augmentation, build_eval_transform, build_train_tr
 from ..models.checkpoint import load_checkpoint, save_weights
 from .checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
                             load_training_checkpoint, restore_training_state)
+from .compiled import maybe_compile
 from .config import TrainConfig
 from .distributed import (DistInfo, barrier, cleanup_distributed, init_distributed, print_once, seed_everything)
 from .engine import evaluate, train_one_epoch
@@ -149,6 +150,7 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
     if dist_info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = maybe_compile(model, cfg.compile, device, log=print_once)
 
     # ---- resume, or a fresh start
     manager = CheckpointManager(out, metric=cfg.best_metric, mode="max")
