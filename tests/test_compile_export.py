@@ -182,3 +182,16 @@ def test_training_wrapper_does_not_hide_input_errors():
     wrapper = CompiledWithFallback(tiny_vim(depth=1), log=lambda line: None, backend="aot_eager")
     with pytest.raises(ValueError, match="channel"):
         wrapper(torch.randn(2, 5, 16, 16))
+
+
+def test_training_names_what_was_built():
+    from vimamba.train.models import create_classifier, describe_model
+
+    demo, _ = create_classifier("vim_tiny_patch16_224", patch_size=7, embed_dim=96, depth=6, img_size=28,
+                                in_chans=1, num_classes=10)
+    assert describe_model(demo, "vim_tiny_patch16_224") == "Vim 0.49M (D=96, depth 6, N=16, patch 7)"
+    plus, _ = create_classifier("vim_tiny_patch16_stride8_224", embed_dim=32, depth=2)
+    assert describe_model(plus, "vim_tiny_patch16_stride8_224").endswith("(D=32, depth 2, N=16, patch 16, stride 8)")
+    deit, _ = create_classifier("deit_tiny_patch16_224", patch_size=7, embed_dim=96, depth=6, num_heads=3,
+                                img_size=28, in_chans=1, num_classes=10)
+    assert describe_model(deit, "deit_tiny_patch16_224") == "DeiT 0.68M (D=96, depth 6, 3 heads, patch 7)"
