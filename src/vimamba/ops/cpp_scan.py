@@ -1,17 +1,23 @@
 """The bidirectional selective scan as a native CPU kernel (``csrc/scan_cpu.cpp``), compiled on first use.
 
-The same library also runs the mixer's two depthwise convolutions + SiLU in one pass
-(:func:`bidirectional_conv_silu_cpp`, used by :func:`vimamba.ops.conv.bidirectional_conv_silu` with ``native=True``).
+The same library also runs the mixer's two depthwise convolutions + SiLU in one pass. This module is the CPU
+kernel of the ``vimamba::bidirectional_scan`` and ``vimamba::bidirectional_conv_silu`` operators
+(:mod:`vimamba.ops.library`, which registers them with autograd and fake implementations): :func:`scan_forward`,
+:func:`scan_backward` and :func:`saved_states_shape` (the same three functions as the Triton backend), and
+:func:`conv_silu_forward` / :func:`conv_silu_backward`. :func:`bidirectional_scan_cpp` and
+:func:`bidirectional_conv_silu_cpp` call the operators.
 
 The C++ source has no torch headers and a plain C ABI, so it builds in a few seconds with
 ``torch.utils.cpp_extension.load`` (ninja, cached in the torch extensions directory, rebuilt when the source or the
-flags change, locked against concurrent builds) and is called through :mod:`ctypes`. It is built for the machine it
-runs on (``-march=native``); the CPU's feature flags are part of the extension's name, so machines sharing a
-home directory never load each other's builds. OpenMP threads follow ``torch.get_num_threads()``.
+flags change, locked against concurrent builds) and is called through :mod:`ctypes` (inside the opaque operators,
+so ``torch.compile`` never sees it). It is built for the machine it runs on (``-march=native``); the CPU's feature
+flags are part of the extension's name, so machines sharing a home directory never load each other's builds. OpenMP
+threads follow ``torch.get_num_threads()``.
 
-Where it cannot be built (no C++ compiler, no ninja) one warning is given and the scan runs on the ``"chunked"``
-path. ``VIMAMBA_DISABLE_CPP=1`` turns it off (``is_available()`` is then false, so "auto" picks "chunked").
-float64 inputs (gradient checks) and state sizes above the kernel's limit are computed by the chunked path.
+Where it cannot be built (no C++ compiler, no ninja) one warning is given and the operators compute by the
+``"chunked"`` path. ``VIMAMBA_DISABLE_CPP=1`` turns it off (``is_available()`` is then false, so "auto" picks
+"chunked"). float64 inputs (gradient checks) and state sizes above the kernel's limit are computed by the chunked
+path too.
 """
 from __future__ import annotations
 
