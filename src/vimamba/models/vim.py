@@ -36,7 +36,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import bidirectional_conv_silu, bidirectional_selective_scan, resolve_scan_impl
-from .pos_embed import insert_cls_token, remove_cls_token, resize_pos_embed
+from .pos_embed import insert_cls_token, remove_cls_token, resize_pos_embed, same_grid
 
 __all__ = ["VimConfig", "VisionMamba", "VimBlock", "BiMambaMixer", "RMSNorm", "PatchEmbed"]
 
@@ -383,7 +383,7 @@ class VisionMamba(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _pos_embed_for(self, grid: Tuple[int, int]) -> torch.Tensor:
-        if grid == self.patch_embed.grid_size:
+        if same_grid(grid, self.patch_embed.grid_size):  # without pinning a symbolic (exported) image size
             return self.pos_embed
         return resize_pos_embed(self.pos_embed, self.patch_embed.grid_size, grid)
 

@@ -11,21 +11,26 @@ and dispatches to an implementation:
                  definition every other path is tested against. Slow.
 ``"chunked"``    pure PyTorch, any device: a two-level (about sqrt(L) chunks) scan with a custom autograd Function
                  that recomputes from chunk-boundary states in backward (:mod:`vimamba.ops.chunked`).
-``"cpp"``        a C++/OpenMP CPU kernel compiled on first use, falling back to ``"chunked"`` where it cannot be
-                 built (:mod:`vimamba.ops.cpp_scan`).
-``"triton"``     fused forward and backward Triton kernels for CUDA GPUs (:mod:`vimamba.ops.triton_scan`).
+``"cpp"``        the native C++/OpenMP CPU kernel, compiled on first use (:mod:`vimamba.ops.cpp_scan`), run as the
+                 PyTorch operator ``torch.ops.vimamba.bidirectional_scan`` (:mod:`vimamba.ops.library`), which
+                 computes by the chunked scan where the kernel cannot be built or does not take the inputs.
+``"triton"``     fused forward and backward Triton kernels for CUDA GPUs (:mod:`vimamba.ops.triton_scan`), the CUDA
+                 kernel of the same operator.
 
 The implementation is chosen, first match wins, by the ``impl`` argument, by the environment variable
-``VIMAMBA_SCAN_IMPL``, or automatically (``"auto"``) from the device of the inputs.
+``VIMAMBA_SCAN_IMPL``, or automatically (``"auto"``) from the device of the inputs. Under ``torch.compile`` the
+choice is made once, while tracing (it is a constant of the compiled graph), and the scan and the fused
+convolution are single graph nodes: the model compiles with ``fullgraph=True`` and exports with ``torch.export``.
 """
 from __future__ import annotations
 
-import importlib
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 
+from . import cpp_scan, library
+from .chunked import bidirectional_scan_chunked
 from .conv import bidirectional_conv_silu, depthwise_conv1d
 from .reference import bidirectional_scan_reference, selective_scan_reference
 
@@ -42,42 +47,28 @@ __all__ = [
 ]
 
 SCAN_IMPL_ENV = "VIMAMBA_SCAN_IMPL"
-
-# name -> (module, function); every function has the signature of :func:`bidirectional_scan_reference`.
-# Modules are imported on first use, so a missing optional backend never breaks ``import vimamba``.
-_IMPL_LOCATIONS: Dict[str, Tuple[str, str]] = {
-    "reference": (".reference", "bidirectional_scan_reference"),
-    "chunked": (".chunked", "bidirectional_scan_chunked"),
-    "cpp": (".cpp_scan", "bidirectional_scan_cpp"),
-    "triton": (".triton_scan", "bidirectional_scan_triton"),
-}
-_LOADED: Dict[str, Callable[..., torch.Tensor]] = {}
+_IMPLS = ("reference", "chunked", "cpp", "triton")
 
 
 def available_scan_impls() -> List[str]:
     """Names accepted by ``impl=`` / ``VIMAMBA_SCAN_IMPL`` (plus ``"auto"``)."""
-    return list(_IMPL_LOCATIONS)
-
-
-def _load(name: str) -> Callable[..., torch.Tensor]:
-    if name not in _LOADED:
-        module_name, function_name = _IMPL_LOCATIONS[name]
-        module = importlib.import_module(module_name, __name__)
-        _LOADED[name] = getattr(module, function_name)
-    return _LOADED[name]
-
-
-# Preference order of "auto" per device type; the first backend whose module imports and whose
-# ``is_available()`` (if it defines one) is true wins.
-_AUTO_ORDER = {"cuda": ("triton", "chunked"), "cpu": ("cpp", "chunked")}
+    return list(_IMPLS)
 
 
 def _usable(name: str) -> bool:
-    try:
-        module = importlib.import_module(_IMPL_LOCATIONS[name][0], __name__)
-    except ImportError:
-        return False
-    return bool(getattr(module, "is_available", lambda: True)())
+    if name == "cpp":
+        return cpp_scan.is_available()
+    if name == "triton":
+        try:
+            from . import triton_scan
+        except ImportError:
+            return False
+        return triton_scan.is_available()
+    return True
+
+
+# Preference order of "auto" per device type: the first usable backend wins.
+_AUTO_ORDER = {"cuda": ("triton", "chunked"), "cpu": ("cpp", "chunked")}
 
 
 def _auto_impl(device: torch.device) -> str:
@@ -87,17 +78,22 @@ def _auto_impl(device: torch.device) -> str:
     return "reference"
 
 
-def resolve_scan_impl(impl: Optional[str], device: torch.device) -> str:
-    """The implementation that will run for inputs on ``device``: argument, else environment, else automatic."""
+@torch.compiler.assume_constant_result
+def _resolve(impl: Optional[str], device_type: str) -> str:
     name = (impl or os.environ.get(SCAN_IMPL_ENV) or "auto").strip().lower()
     if name == "auto":
-        return _auto_impl(device)
-    if name not in _IMPL_LOCATIONS:
+        return _auto_impl(torch.device(device_type))
+    if name not in _IMPLS:
         raise ValueError(
             f"unknown selective-scan implementation {name!r}; choose one of {['auto', *available_scan_impls()]} "
             f"(argument `scan_impl`/`impl` or environment variable {SCAN_IMPL_ENV})"
         )
     return name
+
+
+def resolve_scan_impl(impl: Optional[str], device: torch.device) -> str:
+    """The implementation that will run for inputs on ``device``: argument, else environment, else automatic."""
+    return _resolve(impl, device.type)
 
 
 def scan_impl_in_use(impl: Optional[str], device: torch.device) -> str:
@@ -140,4 +136,15 @@ def bidirectional_selective_scan(
     float16; the state and all accumulation are float32; the output has the dtype of ``x_f``.
     """
     name = resolve_scan_impl(impl, x_f.device)
-    return _load(name)(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
+    inputs = (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
+    if name == "reference":
+        return bidirectional_scan_reference(*inputs)
+    if name == "chunked":
+        return bidirectional_scan_chunked(*inputs)
+    if name == "cpp":
+        return cpp_scan.bidirectional_scan_cpp(*inputs)
+    if x_f.device.type == "cuda":  # "triton": the operator's CUDA kernel
+        return library.bidirectional_scan(*inputs)
+    from .triton_scan import bidirectional_scan_triton  # the kernels in Triton's CPU interpreter (tests)
+
+    return bidirectional_scan_triton(*inputs)

@@ -30,7 +30,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bidirectional_scan_chunked", "chunk_length", "check_scan_inputs"]
+__all__ = ["bidirectional_scan_chunked", "chunk_length", "check_scan_inputs", "chunked_scan_forward",
+           "chunked_scan_backward"]
 
 # Elements of one transient (batch, chunks, T, E, N) tensor (8 MiB in float32); forward holds ~4, backward ~10.
 _GROUP_ELEMENTS = 1 << 21
@@ -233,47 +234,58 @@ def _gate(z: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tenso
     return F.silu(z.to(dtype)) if z is not None else None
 
 
+def chunked_scan_forward(inputs, save_entries: bool):
+    """silu(z) * (y_f + y_b) / 2 from the 15 inputs (x_f, ..., dt_bias_b, z), and, if asked, the state entering each
+    chunk per direction (what :func:`chunked_scan_backward` starts from). No autograd involved."""
+    x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z = inputs
+    dtype = torch.promote_types(x_f.dtype, torch.float32)
+    chunk = chunk_length(x_f.shape[1])
+    y_f, entries_f = _forward_direction(
+        _Direction(x_f, dt_f, B_f, C_f, A_f, D_f, dt_bias_f, False, chunk, dtype), save_entries)
+    y_b, entries_b = _forward_direction(
+        _Direction(x_b, dt_b, B_b, C_b, A_b, D_b, dt_bias_b, True, chunk, dtype), save_entries)
+    y = (y_f + y_b) * 0.5
+    if z is not None:
+        y = y * _gate(z, dtype)
+    return y.to(x_f.dtype), entries_f, entries_b
+
+
+def chunked_scan_backward(inputs, entries_f, entries_b, grad_out, needs=None):
+    """The gradients of the 15 inputs of :func:`chunked_scan_forward` (None where an input is None or, by
+    ``needs``, not wanted), each in its input's dtype. No autograd involved."""
+    x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z = inputs
+    needs = needs if needs is not None else [t is not None for t in inputs]
+    dtype = torch.promote_types(x_f.dtype, torch.float32)
+    chunk = chunk_length(x_f.shape[1])
+    grad_out = grad_out.to(dtype)
+    gate = _gate(z, dtype)
+    g = grad_out * 0.5 if gate is None else grad_out * gate * 0.5  # d loss / d y_f = d loss / d y_b
+    out_f = _backward_direction(
+        _Direction(x_f, dt_f, B_f, C_f, A_f, D_f, dt_bias_f, False, chunk, dtype), entries_f, g, needs[8])
+    out_b = _backward_direction(
+        _Direction(x_b, dt_b, B_b, C_b, A_b, D_b, dt_bias_b, True, chunk, dtype), entries_b, g, needs[9])
+    dz = None
+    if z is not None and needs[14]:
+        sig = torch.sigmoid(z.to(dtype))
+        dz = (grad_out * 0.5 * (out_f[0] + out_b[0]) * sig * (1 + z.to(dtype) * (1 - sig))).to(z.dtype)
+    (_, du_f, ddt_f, dB_f, dC_f, dA_f, dD_f, dbias_f), (_, du_b, ddt_b, dB_b, dC_b, dA_b, dD_b, dbias_b) = out_f, out_b
+    grads = (du_f, du_b, ddt_f, ddt_b, dB_f, dB_b, dC_f, dC_b, dA_f, dA_b, dD_f, dD_b, dbias_f, dbias_b)
+    cast = tuple(gr.to(inp.dtype) if gr is not None and inp is not None and need else None
+                 for gr, inp, need in zip(grads, inputs, needs))
+    return (*cast, dz)
+
+
 class _ChunkedBidirectionalScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z):
-        dtype = torch.promote_types(x_f.dtype, torch.float32)
-        chunk = chunk_length(x_f.shape[1])
-        save = any(ctx.needs_input_grad)
-        y_f, entries_f = _forward_direction(
-            _Direction(x_f, dt_f, B_f, C_f, A_f, D_f, dt_bias_f, False, chunk, dtype), save)
-        y_b, entries_b = _forward_direction(
-            _Direction(x_b, dt_b, B_b, C_b, A_b, D_b, dt_bias_b, True, chunk, dtype), save)
-        y = (y_f + y_b) * 0.5
-        if z is not None:
-            y = y * _gate(z, dtype)
-        ctx.save_for_backward(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z,
-                              entries_f, entries_b)
-        return y.to(x_f.dtype)
+    def forward(ctx, *inputs):
+        y, entries_f, entries_b = chunked_scan_forward(inputs, save_entries=any(ctx.needs_input_grad))
+        ctx.save_for_backward(*inputs, entries_f, entries_b)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z,
-         entries_f, entries_b) = ctx.saved_tensors
-        dtype = torch.promote_types(x_f.dtype, torch.float32)
-        chunk = chunk_length(x_f.shape[1])
-        grad_out = grad_out.to(dtype)
-        gate = _gate(z, dtype)
-        g = grad_out * 0.5 if gate is None else grad_out * gate * 0.5  # d loss / d y_f = d loss / d y_b
-        needs = ctx.needs_input_grad
-        out_f = _backward_direction(
-            _Direction(x_f, dt_f, B_f, C_f, A_f, D_f, dt_bias_f, False, chunk, dtype), entries_f, g, needs[8])
-        out_b = _backward_direction(
-            _Direction(x_b, dt_b, B_b, C_b, A_b, D_b, dt_bias_b, True, chunk, dtype), entries_b, g, needs[9])
-        dz = None
-        if z is not None and needs[14]:
-            sig = torch.sigmoid(z.to(dtype))
-            dz = (grad_out * 0.5 * (out_f[0] + out_b[0]) * sig * (1 + z.to(dtype) * (1 - sig))).to(z.dtype)
-        (_, du_f, ddt_f, dB_f, dC_f, dA_f, dD_f, dbias_f), (_, du_b, ddt_b, dB_b, dC_b, dA_b, dD_b, dbias_b) = out_f, out_b
-        grads = (du_f, du_b, ddt_f, ddt_b, dB_f, dB_b, dC_f, dC_b, dA_f, dA_b, dD_f, dD_b, dbias_f, dbias_b)
-        inputs = (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b)
-        cast = tuple(gr.to(inp.dtype) if gr is not None and need else None
-                     for gr, inp, need in zip(grads, inputs, needs))
-        return (*cast, dz)
+        *inputs, entries_f, entries_b = ctx.saved_tensors
+        return chunked_scan_backward(inputs, entries_f, entries_b, grad_out, ctx.needs_input_grad)
 
 
 def bidirectional_scan_chunked(

@@ -56,13 +56,12 @@ def bidirectional_conv_silu(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Both branches of the mixer's convolution: (silu(causal conv(x)), silu(anti-causal conv(x))).
 
-    ``native=True`` uses the fused C++ kernel of :mod:`vimamba.ops.cpp_scan` (one pass over x for both branches,
-    forward and backward) where it is built and supports the inputs; otherwise, and by default, this is
-    ``silu(depthwise_conv1d(x, ...))`` for each branch.
+    ``native=True`` runs the ``vimamba::bidirectional_conv_silu`` operator (:mod:`vimamba.ops.library`), whose CPU
+    kernel is the fused C++ one of :mod:`vimamba.ops.cpp_scan` (one pass over x for both branches, forward and
+    backward) where it is built and supports the inputs; otherwise, and by default, this is
+    ``silu(depthwise_conv1d(x, ...))`` for each branch, plain PyTorch that a compiler can fuse.
     """
     if native:
-        from . import cpp_scan
-
-        if cpp_scan.conv_silu_supported(x, weight_f) and weight_f.shape == weight_b.shape:
-            return cpp_scan.bidirectional_conv_silu_cpp(x, weight_f, bias_f, weight_b, bias_b)
+        out_f, out_b = torch.ops.vimamba.bidirectional_conv_silu(x, weight_f, bias_f, weight_b, bias_b)
+        return out_f, out_b
     return (F.silu(depthwise_conv1d(x, weight_f, bias_f)), F.silu(depthwise_conv1d(x, weight_b, bias_b, reverse=True)))

@@ -1,17 +1,23 @@
 """The bidirectional selective scan as a native CPU kernel (``csrc/scan_cpu.cpp``), compiled on first use.
 
-The same library also runs the mixer's two depthwise convolutions + SiLU in one pass
-(:func:`bidirectional_conv_silu_cpp`, used by :func:`vimamba.ops.conv.bidirectional_conv_silu` with ``native=True``).
+The same library also runs the mixer's two depthwise convolutions + SiLU in one pass. This module is the CPU
+kernel of the ``vimamba::bidirectional_scan`` and ``vimamba::bidirectional_conv_silu`` operators
+(:mod:`vimamba.ops.library`, which registers them with autograd and fake implementations): :func:`scan_forward`,
+:func:`scan_backward` and :func:`saved_states_shape` (the same three functions as the Triton backend), and
+:func:`conv_silu_forward` / :func:`conv_silu_backward`. :func:`bidirectional_scan_cpp` and
+:func:`bidirectional_conv_silu_cpp` call the operators.
 
 The C++ source has no torch headers and a plain C ABI, so it builds in a few seconds with
 ``torch.utils.cpp_extension.load`` (ninja, cached in the torch extensions directory, rebuilt when the source or the
-flags change, locked against concurrent builds) and is called through :mod:`ctypes`. It is built for the machine it
-runs on (``-march=native``); the CPU's feature flags are part of the extension's name, so machines sharing a
-home directory never load each other's builds. OpenMP threads follow ``torch.get_num_threads()``.
+flags change, locked against concurrent builds) and is called through :mod:`ctypes` (inside the opaque operators,
+so ``torch.compile`` never sees it). It is built for the machine it runs on (``-march=native``); the CPU's feature
+flags are part of the extension's name, so machines sharing a home directory never load each other's builds. OpenMP
+threads follow ``torch.get_num_threads()``.
 
-Where it cannot be built (no C++ compiler, no ninja) one warning is given and the scan runs on the ``"chunked"``
-path. ``VIMAMBA_DISABLE_CPP=1`` turns it off (``is_available()`` is then false, so "auto" picks "chunked").
-float64 inputs (gradient checks) and state sizes above the kernel's limit are computed by the chunked path.
+Where it cannot be built (no C++ compiler, no ninja) one warning is given and the operators compute by the
+``"chunked"`` path. ``VIMAMBA_DISABLE_CPP=1`` turns it off (``is_available()`` is then false, so "auto" picks
+"chunked"). float64 inputs (gradient checks) and state sizes above the kernel's limit are computed by the chunked
+path too.
 """
 from __future__ import annotations
 
@@ -24,14 +30,13 @@ import platform
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .chunked import bidirectional_scan_chunked, check_scan_inputs
-
 __all__ = ["bidirectional_scan_cpp", "bidirectional_conv_silu_cpp", "is_available", "load_library", "DISABLE_ENV",
-           "CHUNK"]
+           "CHUNK", "scan_forward", "scan_backward", "saved_states_shape", "native_scan_supported",
+           "conv_silu_supported", "conv_silu_forward", "conv_silu_backward"]
 
 DISABLE_ENV = "VIMAMBA_DISABLE_CPP"
 CHUNK = 64  # tokens between the states saved for backward
@@ -190,54 +195,74 @@ def _problem(inputs, out=None, grad_out=None, dz=None, states=(None, None), grad
     return p
 
 
-def _forward(lib: ctypes.CDLL, inputs, save_states: bool):
-    x_f, A_f = inputs[0], inputs[8]
+def native_scan_supported(x_f: torch.Tensor, A_f: torch.Tensor) -> bool:
+    """Whether the native kernel computes these inputs (CPU, not float64, state size within its limit, built).
+    Otherwise the ``vimamba::bidirectional_scan`` operator computes them by the chunked path."""
+    if x_f.device.type != "cpu" or x_f.dtype == torch.float64:
+        return False
+    lib = load_library()
+    return lib is not None and A_f.shape[1] <= lib.vimamba_scan_max_state()
+
+
+def saved_states_shape(batch: int, length: int, channels: int, n_state: int) -> Tuple[int, ...]:
+    """Shape of the float32 states :func:`scan_forward` saves for backward: the state entering every chunk of
+    ``CHUNK`` tokens, per direction: (2, batch, n_chunks, N, E)."""
+    return (2, batch, -(-length // CHUNK), n_state, channels)
+
+
+def scan_forward(inputs: Sequence[Optional[torch.Tensor]], z: Optional[torch.Tensor], save_states: bool
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The native forward pass: (out in the dtype of x_f, states of :func:`saved_states_shape` or None).
+
+    ``inputs``: the 14 tensors (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b),
+    D/dt_bias may be None. Check :func:`native_scan_supported` first.
+    """
+    lib = load_library()
+    kernel_inputs = tuple(_as_kernel_input(t) for t in (*inputs, z))
+    x_f, A_f = kernel_inputs[0], kernel_inputs[8]
     batch, length, channels = x_f.shape
     out = torch.empty(batch, length, channels, dtype=torch.float32)
-    states = tuple(torch.empty(batch, -(-length // CHUNK), A_f.shape[1], channels) if save_states else None
-                   for _ in range(2))
-    if lib.vimamba_scan_forward(ctypes.byref(_problem(inputs, out=out, states=states))) != 0:
+    states = torch.empty(saved_states_shape(batch, length, channels, A_f.shape[1])) if save_states else None
+    pair = (states[0], states[1]) if states is not None else (None, None)
+    if lib.vimamba_scan_forward(ctypes.byref(_problem(kernel_inputs, out=out, states=pair))) != 0:
         raise RuntimeError("vimamba_scan_forward rejected its arguments")
-    return out, states
+    return out.to(inputs[0].dtype), states
 
 
-class _CppBidirectionalScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *inputs):
-        lib = load_library()
-        kernel_inputs = tuple(_as_kernel_input(t) for t in inputs)
-        out, states = _forward(lib, kernel_inputs, save_states=True)
-        ctx.save_for_backward(*kernel_inputs, *states)
-        ctx.dtypes = [t.dtype if t is not None else None for t in inputs]
-        return out.to(inputs[0].dtype)
+def scan_backward(inputs: Sequence[Optional[torch.Tensor]], z: Optional[torch.Tensor],
+                  states: Optional[torch.Tensor], dout: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+    """The native backward pass from the states :func:`scan_forward` saved (recomputed when None or empty).
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
-        inputs, states = saved[:15], saved[15:]
-        x_f, A_f, z = inputs[0], inputs[8], inputs[14]
-        batch, length, channels = x_f.shape
-        n_state, threads = A_f.shape[1], torch.get_num_threads()
-        grad_out = grad_out.float().contiguous()
-        dz = torch.empty_like(grad_out) if z is not None else None
-        grads = []
-        for D, bias in ((inputs[10], inputs[12]), (inputs[11], inputs[13])):
-            grads.append((
-                torch.empty(batch, length, channels), torch.empty(batch, length, channels),
-                torch.empty(batch, channels, n_state),
-                torch.empty(batch, channels) if D is not None else None,
-                torch.empty(batch, channels) if bias is not None else None,
-                torch.zeros(threads, batch, length, n_state), torch.zeros(threads, batch, length, n_state),
-            ))
-        problem = _problem(inputs, grad_out=grad_out, dz=dz, states=states, grads=grads)
-        if load_library().vimamba_scan_backward(ctypes.byref(problem)) != 0:
-            raise RuntimeError("vimamba_scan_backward rejected its arguments")
-        (du_f, ddt_f, dA_f, dD_f, db_f, dB_f, dC_f), (du_b, ddt_b, dA_b, dD_b, db_b, dB_b, dC_b) = grads
-        total = lambda t: t.sum(0) if t is not None else None  # noqa: E731  (partial sums -> gradient)
-        result = (du_f, du_b, ddt_f, ddt_b, total(dB_f), total(dB_b), total(dC_f), total(dC_b),
-                  total(dA_f), total(dA_b), total(dD_f), total(dD_b), total(db_f), total(db_b), dz)
-        return tuple(g.to(dtype) if g is not None and need else None
-                     for g, dtype, need in zip(result, ctx.dtypes, ctx.needs_input_grad))
+    Returns the 15 gradients of (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b,
+    z), each contiguous in its input's dtype; None for an input that is None.
+    """
+    if states is None or states.numel() == 0:
+        states = scan_forward(inputs, z, save_states=True)[1]
+    lib = load_library()
+    kernel_inputs = tuple(_as_kernel_input(t) for t in (*inputs, z))
+    x_f, A_f = kernel_inputs[0], kernel_inputs[8]
+    batch, length, channels = x_f.shape
+    n_state, threads = A_f.shape[1], torch.get_num_threads()
+    grad_out = dout.float().contiguous()
+    dz = torch.empty_like(grad_out) if z is not None else None
+    grads = []
+    for D, bias in ((kernel_inputs[10], kernel_inputs[12]), (kernel_inputs[11], kernel_inputs[13])):
+        grads.append((
+            torch.empty(batch, length, channels), torch.empty(batch, length, channels),
+            torch.empty(batch, channels, n_state),
+            torch.empty(batch, channels) if D is not None else None,
+            torch.empty(batch, channels) if bias is not None else None,
+            torch.zeros(threads, batch, length, n_state), torch.zeros(threads, batch, length, n_state),
+        ))
+    states = states.float().contiguous()
+    problem = _problem(kernel_inputs, grad_out=grad_out, dz=dz, states=(states[0], states[1]), grads=grads)
+    if lib.vimamba_scan_backward(ctypes.byref(problem)) != 0:
+        raise RuntimeError("vimamba_scan_backward rejected its arguments")
+    (du_f, ddt_f, dA_f, dD_f, db_f, dB_f, dC_f), (du_b, ddt_b, dA_b, dD_b, db_b, dB_b, dC_b) = grads
+    total = lambda t: t.sum(0) if t is not None else None  # noqa: E731  (partial sums -> gradient)
+    result = (du_f, du_b, ddt_f, ddt_b, total(dB_f), total(dB_b), total(dC_f), total(dC_b),
+              total(dA_f), total(dA_b), total(dD_f), total(dD_b), total(db_f), total(db_b), dz)
+    return tuple(g.to(t.dtype) if g is not None else None for g, t in zip(result, (*inputs, z)))
 
 
 def bidirectional_scan_cpp(
@@ -259,21 +284,16 @@ def bidirectional_scan_cpp(
 ) -> torch.Tensor:
     """silu(z) * (y_f + y_b) / 2 by the native CPU kernel; same contract as the other implementations.
 
-    float32, bfloat16 and float16 inputs (computed in float32); float64 inputs, state sizes above 64, or a kernel
-    that could not be built go to :func:`vimamba.ops.chunked.bidirectional_scan_chunked`.
+    Runs the ``vimamba::bidirectional_scan`` operator (:mod:`vimamba.ops.library`), whose CPU kernel is this
+    module's; float64 inputs, state sizes above 64, or a kernel that could not be built are computed by the chunked
+    path (:func:`vimamba.ops.chunked.bidirectional_scan_chunked`) inside the operator.
     """
+    from .library import bidirectional_scan
+
     inputs = (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
-    check_scan_inputs(*inputs)
-    tensors = [t for t in inputs if t is not None]
-    if any(t.device.type != "cpu" for t in tensors):
+    if any(t is not None and t.device.type != "cpu" for t in inputs):
         raise ValueError("the 'cpp' selective scan runs on CPU tensors; use impl='auto', 'triton' or 'chunked'")
-    lib = load_library()
-    if lib is None or x_f.dtype == torch.float64 or A_f.shape[1] > lib.vimamba_scan_max_state():
-        return bidirectional_scan_chunked(*inputs)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _CppBidirectionalScan.apply(*inputs)
-    out, _ = _forward(lib, tuple(_as_kernel_input(t) for t in inputs), save_states=False)
-    return out.to(x_f.dtype)
+    return bidirectional_scan(*inputs)
 
 
 # ----------------------------------------------------------------------------------------------- conv + SiLU
@@ -291,68 +311,57 @@ def _conv_problem(x, weights, biases, out=(None, None), grad=(None, None), dx=No
     return p
 
 
-def _conv_forward(lib, x, weights, biases):
-    out = (torch.empty(x.shape), torch.empty(x.shape))
-    if lib.vimamba_conv_silu_forward(ctypes.byref(_conv_problem(x, weights, biases, out=out))) != 0:
-        raise RuntimeError("vimamba_conv_silu_forward rejected its arguments")
-    return out
-
-
-class _CppConvSilu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight_f, bias_f, weight_b, bias_b):
-        inputs = (x, weight_f, bias_f, weight_b, bias_b)
-        ctx.dtypes = [t.dtype if t is not None else None for t in inputs]
-        ctx.shapes = [t.shape if t is not None else None for t in inputs]
-        x_, w_f, b_f, w_b, b_b = (_as_kernel_input(t) for t in _flat_kernels(inputs))
-        out = _conv_forward(load_library(), x_, (w_f, w_b), (b_f, b_b))
-        ctx.save_for_backward(x_, w_f, b_f, w_b, b_b)
-        return tuple(o.to(x.dtype) for o in out)
-
-    @staticmethod
-    def backward(ctx, grad_f, grad_b):
-        x, w_f, b_f, w_b, b_b = ctx.saved_tensors
-        batch, length, channels = x.shape
-        width, threads = w_f.shape[-1], torch.get_num_threads()
-        grads = tuple((g if g is not None else torch.zeros(x.shape)).float().contiguous() for g in (grad_f, grad_b))
-        dx = torch.empty(x.shape)
-        dw = (torch.empty(batch, channels, width), torch.empty(batch, channels, width))
-        dbias = tuple(torch.empty(batch, channels) if b is not None else None for b in (b_f, b_b))
-        scratch = torch.empty(threads, 2, length, _lanes())
-        problem = _conv_problem(x, (w_f, w_b), (b_f, b_b), grad=grads, dx=dx, dw=dw, dbias=dbias, scratch=scratch)
-        if load_library().vimamba_conv_silu_backward(ctypes.byref(problem)) != 0:
-            raise RuntimeError("vimamba_conv_silu_backward rejected its arguments")
-        result = (dx, dw[0].sum(0), dbias[0].sum(0) if dbias[0] is not None else None,
-                  dw[1].sum(0), dbias[1].sum(0) if dbias[1] is not None else None)
-        return tuple(g.reshape(shape).to(dtype) if g is not None and need else None
-                     for g, dtype, shape, need in zip(result, ctx.dtypes, ctx.shapes, ctx.needs_input_grad))
-
-
 def _flat_kernels(inputs):
     """(x, weight_f, bias_f, weight_b, bias_b) with the (E, 1, K) conv weights viewed as (E, K)."""
     x, weight_f, bias_f, weight_b, bias_b = inputs
     return x, weight_f.reshape(weight_f.shape[0], -1), bias_f, weight_b.reshape(weight_b.shape[0], -1), bias_b
 
 
-def _lanes() -> int:
-    return load_library().vimamba_scan_lanes()
-
-
-def conv_silu_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`bidirectional_conv_silu_cpp` can run these inputs natively (CPU, not float64, small kernel)."""
+def conv_silu_supported(x: torch.Tensor, weight_f: torch.Tensor, weight_b: Optional[torch.Tensor] = None) -> bool:
+    """Whether the native kernel runs these inputs (CPU, not float64, a small kernel, the same width both ways)."""
+    if x.device.type != "cpu" or x.dtype == torch.float64:
+        return False
+    if weight_b is not None and weight_b.shape != weight_f.shape:
+        return False
     lib = load_library()
-    return (lib is not None and x.device.type == "cpu" and x.dtype != torch.float64
-            and weight.shape[-1] <= lib.vimamba_conv_max_width())
+    return lib is not None and weight_f.shape[-1] <= lib.vimamba_conv_max_width()
+
+
+def conv_silu_forward(x, weight_f, bias_f, weight_b, bias_b) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(silu(causal depthwise conv of x), silu(anti-causal depthwise conv of x)) by the native kernel, in the
+    dtype of x. x: (batch, L, E); weights (E, 1, K) or (E, K); biases (E,) or None. Check
+    :func:`conv_silu_supported` first."""
+    x_, w_f, b_f, w_b, b_b = (_as_kernel_input(t) for t in _flat_kernels((x, weight_f, bias_f, weight_b, bias_b)))
+    out = (torch.empty(x.shape), torch.empty(x.shape))
+    if load_library().vimamba_conv_silu_forward(ctypes.byref(_conv_problem(x_, (w_f, w_b), (b_f, b_b), out=out))):
+        raise RuntimeError("vimamba_conv_silu_forward rejected its arguments")
+    return out[0].to(x.dtype), out[1].to(x.dtype)
+
+
+def conv_silu_backward(x, weight_f, bias_f, weight_b, bias_b, grad_f, grad_b) -> Tuple[Optional[torch.Tensor], ...]:
+    """Gradients of (x, weight_f, bias_f, weight_b, bias_b) from those of the two outputs, by the native kernel;
+    contiguous, each in its input's dtype and shape (None for a bias that is None)."""
+    inputs = (x, weight_f, bias_f, weight_b, bias_b)
+    x_, w_f, b_f, w_b, b_b = (_as_kernel_input(t) for t in _flat_kernels(inputs))
+    batch, length, channels = x_.shape
+    width, threads = w_f.shape[-1], torch.get_num_threads()
+    grads = tuple(g.float().contiguous() for g in (grad_f, grad_b))
+    dx = torch.empty(x_.shape)
+    dw = (torch.empty(batch, channels, width), torch.empty(batch, channels, width))
+    dbias = tuple(torch.empty(batch, channels) if b is not None else None for b in (b_f, b_b))
+    scratch = torch.empty(threads, 2, length, load_library().vimamba_scan_lanes())
+    problem = _conv_problem(x_, (w_f, w_b), (b_f, b_b), grad=grads, dx=dx, dw=dw, dbias=dbias, scratch=scratch)
+    if load_library().vimamba_conv_silu_backward(ctypes.byref(problem)) != 0:
+        raise RuntimeError("vimamba_conv_silu_backward rejected its arguments")
+    result = (dx, dw[0].sum(0), dbias[0].sum(0) if dbias[0] is not None else None,
+              dw[1].sum(0), dbias[1].sum(0) if dbias[1] is not None else None)
+    return tuple(g.reshape(t.shape).to(t.dtype) if g is not None else None for g, t in zip(result, inputs))
 
 
 def bidirectional_conv_silu_cpp(x, weight_f, bias_f, weight_b, bias_b):
-    """(silu(causal depthwise conv of x), silu(anti-causal depthwise conv of x)) by the native kernel.
+    """(silu(causal depthwise conv of x), silu(anti-causal depthwise conv of x)) through the
+    ``vimamba::bidirectional_conv_silu`` operator, whose CPU kernel is this module's native one (PyTorch where that
+    cannot run). x: (batch, L, E); weights (E, 1, K) or (E, K); biases (E,) or None."""
+    from .library import bidirectional_conv_silu
 
-    x: (batch, L, E); weights (E, 1, K) or (E, K); biases (E,) or None. Check :func:`conv_silu_supported` first.
-    """
-    inputs = (x, weight_f, bias_f, weight_b, bias_b)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return _CppConvSilu.apply(*inputs)
-    x_, w_f, b_f, w_b, b_b = (_as_kernel_input(t) for t in _flat_kernels(inputs))
-    out = _conv_forward(load_library(), x_, (w_f, w_b), (b_f, b_b))
-    return tuple(o.to(x.dtype) for o in out)
+    return bidirectional_conv_silu(x, weight_f, bias_f, weight_b, bias_b)

@@ -23,6 +23,7 @@ from ..models.checkpoint import CLASS_NAMES_KEY, PREPROCESSING_KEY, CheckpointEr
 from ..models.registry import create_model, list_models, load_model, model_config, resolve_name
 
 __all__ = ["create_classifier", "build_from_spec", "LoadedClassifier", "load_classifier", "count_parameters",
+           "describe_model",
            "is_vim_model", "MODEL_SPEC_KEY", "PREPROCESSING_KEY"]
 
 MODEL_SPEC_KEY = "model_spec"  # training checkpoints: how to rebuild the network (Vim or timm)
@@ -41,6 +42,31 @@ _SHAPE_ARGS = ("patch_size", "stride", "embed_dim", "depth", "d_state", "num_hea
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def describe_model(model: nn.Module, name: str) -> str:
+    """What was built, in words: "Vim 0.49M (D=96, depth 6, patch 7)" rather than the name of the registered
+    variant it was made from; timm ViTs alike ("DeiT 0.54M (D=96, depth 6, 3 heads, patch 7)")."""
+    millions = count_parameters(model) / 1e6
+    size = f"{millions:.2f}M" if millions < 10 else f"{millions:.1f}M"
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "d_state"):  # a vimamba VisionMamba
+        stride = f", stride {cfg.stride}" if cfg.stride != cfg.patch_size else ""
+        return f"Vim {size} (D={cfg.embed_dim}, depth {cfg.depth}, N={cfg.d_state}, patch {cfg.patch_size}{stride})"
+    kind = "DeiT" if name.lower().startswith("deit") else name
+    details = []
+    if hasattr(model, "embed_dim"):
+        details.append(f"D={model.embed_dim}")
+    blocks = getattr(model, "blocks", None)
+    if blocks is not None and hasattr(blocks, "__len__"):
+        details.append(f"depth {len(blocks)}")
+        heads = getattr(getattr(blocks[0], "attn", None), "num_heads", None) if len(blocks) else None
+        if heads:
+            details.append(f"{heads} heads")
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None:
+        details.append(f"patch {patch[0] if isinstance(patch, (tuple, list)) else patch}")
+    return f"{kind} {size}" + (f" ({', '.join(details)})" if details else "")
 
 
 def is_vim_model(name: str) -> bool:

@@ -25,10 +25,11 @@ from ..data.workers import DataLoadingError
 from ..models.checkpoint import load_checkpoint, save_weights
 from .checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
                             load_training_checkpoint, restore_training_state)
+from .compiled import maybe_compile
 from .config import TrainConfig
 from .distributed import (DistInfo, barrier, cleanup_distributed, init_distributed, print_once, seed_everything)
 from .engine import evaluate, train_one_epoch
-from .models import MODEL_SPEC_KEY, count_parameters, create_classifier
+from .models import MODEL_SPEC_KEY, count_parameters, create_classifier, describe_model
 from .optim import create_optimizer, create_scheduler, scale_lr
 from .precision import MixedPrecision, NonFiniteLossError
 from .reporting import MetricsLog, format_summary, plot_curves, write_json
@@ -150,6 +151,7 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
     if dist_info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = maybe_compile(model, cfg.compile, device, log=print_once)
 
     # ---- resume, or a fresh start
     manager = CheckpointManager(out, metric=cfg.best_metric, mode="max")
@@ -173,8 +175,9 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
         write_json(out / "config.json", cfg.to_dict())
 
     num_params = count_parameters(bare_model)
+    built = describe_model(bare_model, cfg.model)  # what was trained, not the name it was made from
     print_once(
-        f"==> {cfg.model} ({model_spec['family']}, {num_params:,} parameters) on {spec.describe()}, input "
+        f"==> {built} [from {cfg.model}, {num_params:,} parameters] on {spec.describe()}, input "
         f"{pre.in_chans}x{pre.img_size[0]}x{pre.img_size[1]}\n"
         f"    recipe {cfg.recipe}: {cfg.epochs} epochs x {updates_per_epoch} steps, global batch {global_batch} "
         f"({dist_info.world_size} process(es) x {cfg.batch_size}" + (f" x {cfg.accum_steps} accumulation" if
@@ -258,7 +261,7 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
                 plot_curves(metrics.read(), out / "curves.png", loss_keys=("train_loss", "val_loss", "ema_loss"),
                             trace_keys=("train_loss_trace",),
                             metric_keys=("top1", "top5", "ema_top1"), metric_label="accuracy (%)",
-                            title=f"{cfg.model} on {spec.name}")
+                            title=f"{built} on {spec.name}")
             print_once(_epoch_line(record, cfg.epochs))
             if interrupt.requested is not None:
                 print_once(f"stopped by {interrupt.signal_name} after epoch {epoch + 1}; saved {manager.last_path}. "
@@ -267,11 +270,12 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
                         "batch_in_epoch": 0, "checkpoint": str(manager.last_path)}
 
     summary = _summary(cfg, spec, model_spec, num_params, metrics, manager, run_start, precision, dist_info)
+    summary["built"] = built
     if dist_info.is_main:
         if cfg.export and model_spec["family"] == "vim":
             summary["exported"] = str(_export(bare_model, manager, cfg, extras, out / "model.safetensors"))
         write_json(out / "summary.json", summary)
-        print(format_summary(summary, title=f"finished: {cfg.model} on {spec.name}"), flush=True)
+        print(format_summary(summary, title=f"finished: {built} on {spec.name}"), flush=True)
     barrier()
     return summary
 
