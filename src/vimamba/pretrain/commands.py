@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any, Dict, List
 
+from ..cli_args import image_size, non_negative_int, positive_float, positive_int
 
 def _parse_overrides(items: List[str]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
@@ -43,12 +44,12 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default=None, choices=("fashion-mnist", "cifar10", "imagenet"),
                    help="a named dataset instead (with --data: where it lives)")
     p.add_argument("--method", default="knn", choices=("knn", "linear"), help="k-NN or linear probe")
-    p.add_argument("--k", type=int, default=20, help="k-NN: neighbours")
-    p.add_argument("--temperature", type=float, default=0.07, help="k-NN: vote weight exp(similarity / T)")
+    p.add_argument("--k", type=positive_int, default=20, help="k-NN: neighbours")
+    p.add_argument("--temperature", type=positive_float, default=0.07, help="k-NN: vote weight exp(similarity / T)")
     p.add_argument("--vote", default="weighted", choices=("weighted", "majority"),
                    help="k-NN: DINO's temperature-weighted vote or a plain majority")
-    p.add_argument("--epochs", type=int, default=30, help="linear probe: epochs over the cached features")
-    p.add_argument("--lr", type=float, default=1e-3, help="linear probe: AdamW peak learning rate (cosine decay)")
+    p.add_argument("--epochs", type=positive_int, default=30, help="linear probe: epochs over the cached features")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="linear probe: AdamW peak learning rate (cosine decay)")
     p.add_argument("--pool", default="avg", choices=("avg", "token"),
                    help="feature: mean of the patch tokens, or the class token (not for AR pretraining)")
     p.add_argument("--as-classifier", action="store_true",
@@ -56,13 +57,13 @@ def register(subparsers) -> None:
                         "starts from) instead of the encoder as pretrained")
     p.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model fields for random: models and --as-classifier (embed_dim=96 depth=6 patch_size=4 ...)")
-    p.add_argument("--img-size", type=int, default=None, metavar="S", help="probe at this resolution")
-    p.add_argument("--train-limit", type=int, default=None, help="use a random subset of N training images")
-    p.add_argument("--val-limit", type=int, default=None, help="use a random subset of N validation images")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--img-size", type=image_size, default=None, metavar="S", help="probe at this resolution")
+    p.add_argument("--train-limit", type=positive_int, default=None, help="use a random subset of N training images")
+    p.add_argument("--val-limit", type=positive_int, default=None, help="use a random subset of N validation images")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="data-loading worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subsets and the linear probe")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the subsets and the linear probe")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects in a .pth you trust")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_probe)
