@@ -57,7 +57,7 @@ def file_system_error(error: OSError, path: Union[str, os.PathLike], action: str
         cause = _CAUSES.get(code) or (error.strerror or str(error)).lower()
     message = f"{cause}: cannot {action} '{os.fspath(path)}'"
     if error.filename is not None and os.fspath(error.filename) != os.fspath(path) and code in (
-            _errno.ENOTDIR, _errno.EEXIST, _errno.EACCES, _errno.EPERM, _errno.EROFS):
+            _errno.ENOTDIR, _errno.EEXIST):
         message += f" (at '{os.fspath(error.filename)}')"
     if note:
         message += f"; {note}"

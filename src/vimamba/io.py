@@ -76,6 +76,11 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         except OSError as e:
             raise file_system_error(e, path, note=note) from e
         except Exception as e:
+            # torch's zip writer reports a failed write as "[enforce fail at inline_container.cc] unexpected pos",
+            # raised while the real OSError is being handled: name that one
+            cause = _os_error_behind(e)
+            if cause is not None:
+                raise file_system_error(cause, path, note=note) from e
             if _low_on_space(path.parent):
                 raise file_system_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path,
                                         note=note) from e
@@ -163,6 +168,17 @@ def _process_alive(pid: int) -> bool:
     except OSError:
         return True
     return True
+
+
+def _os_error_behind(error: BaseException):
+    """The OSError an exception was raised while handling (or from), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _low_on_space(folder: Path) -> bool:

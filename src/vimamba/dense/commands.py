@@ -473,7 +473,9 @@ def _detect_eval(args) -> int:
     from ..train.precision import MixedPrecision
     from ..train.reporting import write_json
     from .checkpoint import load_dense_model
+    from ..errors import UserError
     from .coco_data import CocoDetection
+    from .coco_eval import count_ground_truth
     from .evaluate import evaluate_detection
 
     with _distributed(args.device) as dist:
@@ -485,6 +487,9 @@ def _detect_eval(args) -> int:
         if info.class_names and dataset.class_names != info.class_names:
             raise ValueError(f"the dataset's categories {dataset.class_names} are not the ones the model was trained "
                              f"on {info.class_names}")
+        if count_ground_truth(dataset.coco, dataset.image_ids) == 0:
+            raise UserError(f"AP is undefined without ground truth: '{args.annotations}' holds no (non-crowd) "
+                            f"annotation for its {len(dataset.image_ids)} image(s); evaluate on an annotated set")
         metrics = evaluate_detection(model.to(dist.device), dataset, device=dist.device, workers=args.workers,
                                      precision=MixedPrecision(args.amp, dist.device))
         if is_main_process():
