@@ -321,3 +321,30 @@ def test_user_errors_are_one_line_but_bugs_keep_their_traceback(monkeypatch, cap
     monkeypatch.undo()
     assert cli(["info", "vim_gigantic"]) == 1  # vimamba's own message for a bad argument
     assert "unknown Vim model" in one_line_error(capsys)
+
+
+# ---------------------------------------------------------------------------------------------------- exact resume
+class SigtermAtCall:
+    def __init__(self, n: int):
+        self.n, self.calls, self.loss = n, 0, torch.nn.CrossEntropyLoss()
+
+    def __call__(self, logits, targets):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.loss(logits, targets)
+
+
+def test_classification_resumed_mid_epoch_with_data_workers_is_exact(folder, tmp_path):
+    # random crops and flips drawn in 2 worker processes, stochastic depth in the main one
+    settings = dict(TINY, data=str(folder), epochs=2, workers=2, scale=(0.5, 1.0), hflip=0.5, drop_path=0.1)
+    run_training(resolve_config(dict(settings, output=str(tmp_path / "straight"))), criterion=SigtermAtCall(-1))
+    stopped = tmp_path / "stopped"
+    summary = run_training(resolve_config(dict(settings, output=str(stopped))), criterion=SigtermAtCall(5))
+    assert summary["status"] == "interrupted" and load_training_checkpoint(stopped / "last.pth")["batch_in_epoch"] == 2
+    saved = load_training_checkpoint(stopped / "last.pth")["config"]
+    resumed = run_training(resolve_config({"resume": str(stopped / "last.pth")}, saved), criterion=SigtermAtCall(-1))
+    assert resumed["status"] == "finished"
+    a, b = (load_training_checkpoint(p / "last.pth")["model"] for p in (tmp_path / "straight", stopped))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
