@@ -42,6 +42,11 @@ def ensure_folder(folder: PathLike, what: str = "folder") -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):
+            blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+            if blocker is not None:
+                raise FileSystemError(e.errno, f"'{blocker}' is a file, not a folder: cannot create the folder "
+                                               f"'{folder}'", str(folder)) from None
         raise file_system_error(e, folder, "create the folder") from None
     return folder
 
