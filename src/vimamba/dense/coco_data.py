@@ -52,6 +52,7 @@ _PROBLEMS = {
     "outside_image": "have a box outside their image",
     "bad_segmentation": "have a missing or malformed segmentation (want polygons or RLE of the image size)",
     "missing_file": "are images whose file is missing or empty",
+    "of_missing_file": "belong to an image whose file is missing or empty",
 }
 
 
@@ -130,15 +131,20 @@ class CocoDetection(torch.utils.data.Dataset):
         self.label_of_category: Dict[int, int] = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
 
         self.report = report = AnnotationReport()
-        images = {}
+        images, missing = {}, {}
         for image in data["images"]:
             path = self.image_dir / image["file_name"]
             if not path.is_file() or path.stat().st_size == 0:
                 report.problems["missing_file"].append(f"'{path}' (image id {image['id']})")
+                missing[image["id"]] = path
             else:
                 images[image["id"]] = image
         annotations = []
         for ann in data["annotations"]:
+            if ann.get("image_id") in missing:  # the json defines the image; its file is what is missing
+                report.problems["of_missing_file"].append(
+                    f"annotation {ann.get('id', '?')} of missing '{missing[ann['image_id']]}'")
+                continue
             kind, detail = self._check(ann, images, box_tolerance)
             if kind is not None:
                 name = images[ann["image_id"]]["file_name"] if ann.get("image_id") in images else "?"

@@ -77,7 +77,8 @@ def _add_backbone_args(p, feature: str, out_indices_help: str) -> None:
 
 def _add_train_args(p, defaults: dict) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--output", required=True, help="run folder: checkpoints, metrics.jsonl, curves.png, summary.json")
+    g.add_argument("--output", default=None, help="run folder: checkpoints, metrics.jsonl, curves.png, summary.json "
+                                                  "(required for a new run; with --resume: the checkpoint's folder)")
     g.add_argument("--iterations", type=positive_int, default=defaults["iterations"])
     g.add_argument("--batch-size", type=positive_int, default=defaults["batch_size"], help="images per process")
     g.add_argument("--accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
@@ -98,7 +99,9 @@ def _add_train_args(p, defaults: dict) -> None:
     g.add_argument("--workers", type=non_negative_int, default=4)
     g.add_argument("--seed", type=non_negative_int, default=0)
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations (less memory)")
-    g.add_argument("--resume", default=None, help="last.pth of an interrupted run")
+    g.add_argument("--resume", default=None, help="last.pth of an interrupted run (continues in its folder)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over in an --output folder that already holds a run (its checkpoints are replaced)")
     g.add_argument("--device", default="auto")
 
 
@@ -132,16 +135,29 @@ def _run_training(args, task: str, config, class_names, data_config, train_set, 
     from .checkpoint import build_dense_model, dense_checkpoint_extra
     from .engine import train_iterations
 
+    output = _run_folder(args)
     seed_everything(args.seed)  # the same initial weights on every process
     model = build_dense_model(task, config, args.pretrained)
     print_once(f"{task} model: {sum(p.numel() for p in model.parameters()):,} parameters; "
                f"{len(train_set)} training images")
     result = train_iterations(
-        model, train_set, cfg=_train_config(args), output_dir=args.output, dist=dist, to_inputs=to_inputs,
+        model, train_set, cfg=_train_config(args), output_dir=output, dist=dist, to_inputs=to_inputs,
         collate_fn=collate_fn, evaluate=evaluate, metric=metric,
         checkpoint_extra=dense_checkpoint_extra(task, config, class_names, data_config), resume=args.resume,
+        overwrite=args.overwrite,
     )
     return result.exit_code
+
+
+def _run_folder(args) -> Path:
+    """--output, or the folder of the --resume checkpoint (a copied run folder continues in the copy)."""
+    from ..errors import UserError
+
+    if args.output is not None:
+        return Path(args.output)
+    if args.resume is None:
+        raise UserError("pass --output DIR: the folder for the run's checkpoints and logs")
+    return Path(args.resume).parent
 
 
 def _load_for_prediction(args, task: str):
@@ -151,8 +167,9 @@ def _load_for_prediction(args, task: str):
 
     device = resolve_device(args.device)
     model, info = load_dense_model(args.checkpoint, task=task)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..io import ensure_folder
+
+    out = ensure_folder(args.output, "--output folder")
     return model.to(device), info, device, out
 
 
@@ -253,6 +270,7 @@ def _segment_train(args) -> int:
     from .seg_data import SegEvalTransform, SegmentationDataset, SegTrainTransform
     from .segmentor import SegmentorConfig
 
+    _run_folder(args)  # a missing --output fails before the data is read
     class_names, reduce_zero = _seg_classes(args)
     num_classes = len(class_names)
     config = SegmentorConfig(num_classes=num_classes, backbone=_backbone_config(args, args.crop_size), channels=args.channels,
@@ -417,6 +435,7 @@ def _detect_train(args) -> int:
     from .detector import DetectorConfig
     from .evaluate import evaluate_detection, flatten_coco_metrics
 
+    _run_folder(args)  # a missing --output fails before the data is read
     on_invalid = "skip" if args.skip_invalid else "error"
     masks = args.arch == "mask_rcnn"
     train_set = CocoDetection(args.images, args.annotations, train=True, masks=masks, on_invalid=on_invalid,
@@ -457,7 +476,9 @@ def _detect_eval(args) -> int:
     from ..train.precision import MixedPrecision
     from ..train.reporting import write_json
     from .checkpoint import load_dense_model
+    from ..errors import UserError
     from .coco_data import CocoDetection
+    from .coco_eval import count_ground_truth
     from .evaluate import evaluate_detection
 
     with _distributed(args.device) as dist:
@@ -469,6 +490,9 @@ def _detect_eval(args) -> int:
         if info.class_names and dataset.class_names != info.class_names:
             raise ValueError(f"the dataset's categories {dataset.class_names} are not the ones the model was trained "
                              f"on {info.class_names}")
+        if count_ground_truth(dataset.coco, dataset.image_ids) == 0:
+            raise UserError(f"AP is undefined without ground truth: '{args.annotations}' holds no (non-crowd) "
+                            f"annotation for its {len(dataset.image_ids)} image(s); evaluate on an annotated set")
         metrics = evaluate_detection(model.to(dist.device), dataset, device=dist.device, workers=args.workers,
                                      precision=MixedPrecision(args.amp, dist.device))
         if is_main_process():

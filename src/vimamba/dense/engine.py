@@ -28,12 +28,12 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..train.checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
-                                  load_training_checkpoint, restore_training_state)
+                                  load_training_checkpoint, prepare_output_dir, restore_training_state)
 from ..train.distributed import DistInfo, all_reduce_max, all_reduce_sums, print_once, seed_everything
 from ..train.optim import create_optimizer, create_scheduler
 from ..train.precision import MixedPrecision
 from ..train.reporting import MetricsLog, format_summary, plot_curves, progress, write_json
-from ..train.sampling import build_train_sampler
+from ..train.sampling import SeededSamples, build_train_sampler
 from .configs import ConfigDict
 
 __all__ = ["DenseTrainConfig", "train_iterations", "TrainResult"]
@@ -114,6 +114,7 @@ def train_iterations(
     metric: str = "mIoU",
     checkpoint_extra: Optional[Dict[str, Any]] = None,
     resume: Optional[str] = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.iterations`` optimizer steps; evaluate, log and checkpoint along the way.
 
@@ -124,8 +125,14 @@ def train_iterations(
         checkpoint_extra: what the task stores in every checkpoint besides the training state (task, model config,
             class names), so that ``eval``/``predict`` can rebuild the model from the file alone.
         resume: a ``last.pth`` of an interrupted run with the same settings.
+        overwrite: start over in (or resume into) a folder that holds another run's ``last.pth``.
+
+    Resuming is exact: the run ends with the same weights as one never interrupted. The sampler's order and each
+    sample's augmentation are functions of (seed, epoch, rank, position) (:class:`~vimamba.train.sampling.
+    SeededSamples`), the loader draws its worker seeds from its own generator, and the checkpoint holds the model,
+    optimizer, loss scaler and the RNG states of the training process; the schedule is a function of the iteration.
     """
-    output_dir = Path(output_dir)
+    output_dir = prepare_output_dir(output_dir, resume=resume, overwrite=overwrite, clean=dist.is_main)
     bare, trained = _prepare_model(model, cfg, dist)
     optimizer = create_optimizer(bare, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                  no_decay_ssm=cfg.no_decay_ssm, layer_decay=cfg.layer_decay)
@@ -135,10 +142,14 @@ def train_iterations(
                                  else cfg.decay_rate)
     precision = MixedPrecision(cfg.amp, dist.device, max_bad_steps=cfg.max_bad_steps)
     sampler = build_train_sampler(train_set, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        collate_fn=collate_fn, drop_last=True, pin_memory=dist.device.type == "cuda",
-                        persistent_workers=cfg.workers > 0,
-                        worker_init_fn=leave_signals_to_main_process if cfg.workers > 0 else None)
+    sampler.seed_samples(cfg.seed, dist.rank)
+    # Its own generator: starting an epoch's iterator must not draw from the run's global RNG (a resumed run starts
+    # its iterator at another moment than the uninterrupted run did).
+    loader = DataLoader(SeededSamples(train_set), batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.workers, collate_fn=collate_fn, drop_last=True,
+                        pin_memory=dist.device.type == "cuda", persistent_workers=cfg.workers > 0,
+                        worker_init_fn=leave_signals_to_main_process if cfg.workers > 0 else None,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     if len(loader) == 0:
         raise ValueError(f"the training set has {len(train_set)} samples, fewer than one batch of {cfg.batch_size} "
                          f"per process x {dist.world_size} processes")

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from ..data.workers import worker_init
 from ..train.distributed import all_gather_objects, broadcast_object, get_rank, get_world_size, is_main_process
 from ..train.precision import MixedPrecision
 from ..train.reporting import progress
@@ -26,7 +27,9 @@ __all__ = ["evaluate_segmentation", "evaluate_detection", "flatten_coco_metrics"
 
 def _loader(dataset, workers: int, collate_fn=None) -> DataLoader:
     sampler = ShardedEvalSampler(dataset, rank=get_rank(), world_size=get_world_size())
-    return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=workers, collate_fn=collate_fn)
+    # Data workers that end with their main process and end it when they fail, as in training.
+    return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                      worker_init_fn=worker_init if workers > 0 else None)
 
 
 def _autocast(precision: Optional[MixedPrecision]):

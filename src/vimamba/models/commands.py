@@ -91,6 +91,13 @@ def _convert(args) -> int:
     from .checkpoint import read_checkpoint, save_weights
     from .registry import load_model
 
+    from ..errors import UserError
+    from ..io import same_file
+
+    if same_file(args.checkpoint, args.output):  # a symlink or hard link to the input counts as the input
+        raise UserError(f"the output '{args.output}' is the input checkpoint '{args.checkpoint}'; converting in "
+                        "place would replace it (with its optimizer, scheduler and EMA state) by bare weights. "
+                        "Choose another output file")
     ckpt = read_checkpoint(args.checkpoint, weights=args.weights, trust_pickle=args.trust_checkpoint)
     model = load_model(ckpt)
     out = save_weights(model, args.output, class_names=ckpt.class_names)

@@ -36,18 +36,20 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 import numpy as np
 import torch
 
-from ..io import atomic_torch_save, atomic_write
+from ..errors import UserError, file_system_error
+from ..io import (atomic_torch_save, atomic_write, check_writable, ensure_folder, remove_stale_temporaries_in,
+                  same_file)
 from .distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 
 __all__ = [
     "CheckpointManager", "GracefulInterrupt", "capture_rng_state", "restore_rng_state", "load_training_checkpoint",
-    "restore_training_state", "TrainingCheckpointError", "leave_signals_to_main_process",
+    "restore_training_state", "TrainingCheckpointError", "leave_signals_to_main_process", "prepare_output_dir",
 ]
 
 PathLike = Union[str, os.PathLike]
 
 
-class TrainingCheckpointError(RuntimeError):
+class TrainingCheckpointError(UserError, RuntimeError):
     """A training checkpoint that cannot be read or resumed from."""
 
 
@@ -91,7 +93,9 @@ def load_training_checkpoint(path: PathLike) -> Dict[str, Any]:
         raise FileNotFoundError(f"checkpoint to resume from not found: '{path}'")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except OSError as e:
+        raise file_system_error(e, path, "read") from e
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         raise TrainingCheckpointError(
             f"could not read '{path}' as a training checkpoint ({type(e).__name__}: {e}). The file may be truncated "
             "or not a vimamba training checkpoint."
@@ -144,6 +148,33 @@ def restore_training_state(
 
 
 # ---------------------------------------------------------------------------------------------------- writing
+def prepare_output_dir(output_dir: PathLike, *, resume: Optional[PathLike] = None, overwrite: bool = False,
+                       last_name: str = "last.pth", clean: Optional[bool] = None) -> Path:
+    """Check that a run may write into ``output_dir`` before it starts, create it, and remove stale temporaries.
+
+    A run's folder is its own: a new run refuses a folder that already holds a ``last.pth``, and a resumed run
+    refuses one that holds the ``last.pth`` of *another* run (a folder other than the resumed checkpoint's), unless
+    ``overwrite``. A file where the folder should be, or a folder that cannot be written (read-only, no permission),
+    is one :class:`~vimamba.errors.FileSystemError` naming it. Temporary files that killed saves left behind (our own
+    pattern only) are removed on the main process (``clean``, default: rank 0).
+    """
+    out = ensure_folder(output_dir, "--output folder")
+    last = out / last_name
+    if last.is_file() and not overwrite:
+        if resume is None:
+            raise UserError(f"'{out}' already holds a training run ({last}); continue it with --resume {last}, "
+                            "choose another --output, or pass --overwrite to start over there")
+        resume = Path(resume)
+        if not (same_file(resume.parent, out) or same_file(resume, last)):
+            raise UserError(f"'{out}' holds another run ({last}); resuming '{resume}' there would overwrite it. "
+                            f"Resume into the checkpoint's own folder (leave out --output), choose an empty "
+                            f"--output, or pass --overwrite to replace that run")
+    check_writable(out)
+    if is_main_process() if clean is None else clean:
+        remove_stale_temporaries_in(out)
+    return out
+
+
 def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if torch.is_tensor(t) and t.is_floating_point())
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any, Dict
 
 from ..cli_args import image_size, non_negative_int, positive_int, unit_interval_open
@@ -148,6 +149,10 @@ def _train(args) -> int:
         changed = sorted(k for k in explicit if k != "resume" and saved.get(k) != explicit[k])
         if changed:
             print(f"resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
+        if "output" not in explicit:
+            # A resumed run writes where its checkpoint lives (a copied run folder continues in the copy), not into
+            # the folder saved in its configuration, which may be another run's now.
+            explicit["output"] = str(Path(explicit["resume"]).parent)
     cfg = resolve_config(explicit, saved)
     summary = run_training(cfg)
     if summary.get("status") == "interrupted":

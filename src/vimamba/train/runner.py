@@ -24,7 +24,7 @@ from ..data.transforms import Augmentation, build_eval_transform, build_train_tr
 from ..data.workers import DataLoadingError
 from ..models.checkpoint import load_checkpoint, save_weights
 from .checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
-                            load_training_checkpoint, restore_training_state)
+                            load_training_checkpoint, prepare_output_dir, restore_training_state)
 from .compiled import maybe_compile
 from .config import TrainConfig
 from .distributed import (DistInfo, barrier, cleanup_distributed, init_distributed, print_once, seed_everything)
@@ -33,7 +33,7 @@ from .models import MODEL_SPEC_KEY, count_parameters, create_classifier, describ
 from .optim import create_optimizer, create_scheduler, scale_lr
 from .precision import MixedPrecision, NonFiniteLossError
 from .reporting import MetricsLog, format_summary, plot_curves, write_json
-from .sampling import ShardedEvalSampler, build_train_sampler
+from .sampling import SeededSamples, ShardedEvalSampler, build_train_sampler
 
 __all__ = ["run_training"]
 
@@ -47,6 +47,10 @@ def _loaders(cfg: TrainConfig, spec, pre, dist_info: DistInfo):
     val_set = open_split(spec, "val", build_eval_transform(pre), in_chans=pre.in_chans, strict=cfg.strict_data)
     sampler = build_train_sampler(train_set, seed=cfg.seed, rank=dist_info.rank, world_size=dist_info.world_size,
                                   repeated_aug=cfg.repeated_aug)
+    # Each sample's augmentation is drawn from its own seed (seed, epoch, rank, position): the same whichever worker
+    # loads it, so a run resumed mid-epoch repeats the batches of an uninterrupted one.
+    sampler.seed_samples(cfg.seed, dist_info.rank)
+    train_set = SeededSamples(train_set)
     common = dict(num_workers=cfg.workers, pin_memory=dist_info.device.type == "cuda",
                   collate_fn=collate_skipping_unreadable, persistent_workers=cfg.workers > 0,
                   worker_init_fn=leave_signals_to_main_process if cfg.workers > 0 else None)
@@ -92,9 +96,7 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
     device = dist_info.device
     out = Path(cfg.output)
     resume = load_training_checkpoint(cfg.resume) if cfg.resume else None
-    if resume is None and not cfg.overwrite and (out / "last.pth").is_file():
-        raise ValueError(f"'{out}' already holds a training run ({out / 'last.pth'}); continue it with --resume "
-                         f"{out / 'last.pth'}, choose another --output, or pass --overwrite to start over there")
+    prepare_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)  # before any slow step: refuse early
 
     # ---- data (rank 0 fetches, the others wait and then find it)
     if dist_info.is_main:

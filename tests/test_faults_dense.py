@@ -1,0 +1,181 @@
+"""Dense-prediction faults (issue 10): a killed or SIGTERM-ed run resumes to the weights of an uninterrupted one (data
+workers, random augmentation and dropout on), a run's folder is its own, ``detect eval`` without ground truth says AP
+is undefined, and annotations of a missing image file name that file."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vimamba.cli import main as cli
+from vimamba.data.images import DataError
+from vimamba.dense.backbone import BackboneConfig
+from vimamba.dense.checkpoint import build_dense_model
+from vimamba.dense.coco_data import CocoDetection, collate_detection, detection_train_transform
+from vimamba.dense.coco_eval import evaluate_coco
+from vimamba.dense.detector import DetectorConfig
+from vimamba.dense.engine import DenseTrainConfig, train_iterations
+from vimamba.dense.seg_data import SegmentationDataset, SegTrainTransform
+from vimamba.dense.segmentor import SegmentorConfig
+from vimamba.dense.synthetic import write_ade20k_shapes, write_coco_shapes
+from vimamba.train.checkpointing import load_training_checkpoint
+from vimamba.train.distributed import DistInfo, seed_everything
+
+TINY_VIM = dict(embed_dim=16, depth=2, patch_size=8, stride=8, img_size=32, drop_path_rate=0.1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Killed(Exception):
+    """Stands for SIGKILL: the process is gone, only what was saved survives."""
+
+
+def _train(task, config, train_set, output, *, collate=None, to_inputs=lambda batch, device: batch, resume=None,
+           die_at=None, sigterm_at=None):
+    """Train 7 iterations (checkpoint every 3, 2 data workers); die or get SIGTERM at the given loader batch."""
+    calls = {"n": 0}
+
+    def inputs(batch, device):
+        calls["n"] += 1
+        if calls["n"] == die_at:
+            raise Killed()
+        if calls["n"] == sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes this iteration, saves and stops
+        return to_inputs(batch, device)
+
+    seed_everything(0)
+    model = build_dense_model(task, config)
+    settings = DenseTrainConfig(iterations=7, batch_size=2, lr=1e-3, warmup_iters=2, eval_interval=1000,
+                                log_interval=1, checkpoint_interval=3, workers=2, seed=5)
+    try:
+        result = train_iterations(model, train_set, cfg=settings, output_dir=output, dist=DistInfo(),
+                                  to_inputs=inputs, collate_fn=collate, resume=resume,
+                                  checkpoint_extra={"dense_task": task, "dense_config": config.to_dict()})
+    except Killed:
+        return None, None
+    return model, result
+
+
+def _assert_resumes_exactly(task, config, train_set, tmp_path, **kwargs):
+    straight, _ = _train(task, config, train_set, tmp_path / "straight", **kwargs)
+    killed = tmp_path / "killed"
+    assert _train(task, config, train_set, killed, die_at=5, **kwargs) == (None, None)
+    assert load_training_checkpoint(killed / "last.pth")["global_step"] == 3
+    resumed, result = _train(task, config, train_set, killed, resume=killed / "last.pth", **kwargs)
+    assert result.summary["iterations"] == 7
+    stopped = tmp_path / "sigterm"
+    _, result = _train(task, config, train_set, stopped, sigterm_at=5, **kwargs)
+    assert result.exit_code == 128 + signal.SIGTERM and result.summary["iterations"] == 5
+    after_sigterm, _ = _train(task, config, train_set, stopped, resume=stopped / "last.pth", **kwargs)
+    for (name, a), b, c in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                               after_sigterm.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=f"after a kill: {name}")
+        torch.testing.assert_close(c, a, rtol=0, atol=0, msg=f"after SIGTERM: {name}")
+
+
+def test_segmentation_resume_is_exact_with_workers_augmentation_and_dropout(tmp_path):
+    data = tmp_path / "shapes"
+    write_ade20k_shapes(data, {"training": 10}, size=(32, 32), seed=3)
+    train_set = SegmentationDataset(data, "training", 4, transform=SegTrainTransform((32, 32), (128, 32)))
+    config = SegmentorConfig(num_classes=4, dropout=0.1, channels=16, aux_channels=8,
+                             backbone=BackboneConfig(vim=TINY_VIM, out_indices=(1,)))
+    _assert_resumes_exactly("segmentation", config, train_set, tmp_path)
+
+
+def test_detection_resume_is_exact_with_workers_and_large_scale_jitter(tmp_path):
+    image_dir, annotations = write_coco_shapes(tmp_path / "shapes", 6, sizes=((32, 32),), seed=0)
+    train_set = CocoDetection(image_dir, annotations, train=True, masks=False,
+                              transform=detection_train_transform(32, lsj_scale=(0.5, 1.5)))
+    backbone = BackboneConfig(vim=TINY_VIM, out_indices=(-1,), out_channels=16, pyramid_norm="ln", extra_pool=True)
+    config = DetectorConfig(num_classes=3, backbone=backbone, masks=False, min_size=32, max_size=32,
+                            anchor_sizes=(4, 8, 16, 32, 64), head_channels=16, box_fc=32, box_head_convs=1,
+                            rpn_batch_size_per_image=32, box_batch_size_per_image=32, rpn_post_nms_top_n_train=50,
+                            rpn_post_nms_top_n_test=50, detections_per_img=10)
+    _assert_resumes_exactly("detection", config, train_set, tmp_path, collate=collate_detection,
+                            to_inputs=lambda batch, device: batch)
+
+
+# ---------------------------------------------------------------------------------------------------- run folders
+SEG_FLAGS = ["--dataset", "custom", "--num-classes", "4", "--vim", *[f"{k}={v}" for k, v in TINY_VIM.items()],
+             "--out-indices", "1", "--channels", "16", "--crop-size", "32", "32", "--scale", "128", "32",
+             "--val-split", "", "--iterations", "2", "--batch-size", "2", "--warmup-iters", "1", "--workers", "0",
+             "--checkpoint-interval", "1"]
+
+
+def test_dense_runs_keep_to_their_own_folder(tmp_path, capsys):
+    data = tmp_path / "shapes"
+    write_ade20k_shapes(data, {"training": 4}, size=(32, 32), seed=1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli(["segment", "train", "--data", str(data), "--output", str(a), *SEG_FLAGS]) == 0
+    shutil.copytree(a, b)
+    before = (a / "last.pth").read_bytes()
+    # the copy continues in the copy (no --output needed), the original is untouched
+    assert cli(["segment", "train", "--data", str(data), "--resume", str(b / "last.pth"), *SEG_FLAGS,
+                "--iterations", "3"]) == 0
+    assert load_training_checkpoint(b / "last.pth")["global_step"] == 3 and (a / "last.pth").read_bytes() == before
+    capsys.readouterr()
+    # a new run into a folder holding a run, or a resume into another run's folder: refused, one line
+    assert cli(["segment", "train", "--data", str(data), "--output", str(a), *SEG_FLAGS]) == 1
+    assert "already holds a training run" in capsys.readouterr().err
+    assert cli(["segment", "train", "--data", str(data), "--resume", str(b / "last.pth"), "--output", str(a),
+                *SEG_FLAGS]) == 1
+    assert "holds another run" in capsys.readouterr().err and (a / "last.pth").read_bytes() == before
+    assert cli(["segment", "train", "--data", str(data), "--output", str(a), "--overwrite", *SEG_FLAGS]) == 0
+    assert cli(["segment", "train", "--data", str(data), *SEG_FLAGS]) == 1  # neither --output nor --resume
+    assert "pass --output" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- detect data
+def test_ap_is_undefined_without_ground_truth(tmp_path, capsys):
+    image_dir, annotations = write_coco_shapes(tmp_path / "shapes", 2, sizes=((32, 32),), seed=0)
+    data = json.loads(annotations.read_text())
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({**data, "annotations": []}))
+    dataset = CocoDetection(image_dir, empty)
+    detection = {"image_id": dataset.image_ids[0], "category_id": 3, "bbox": [1, 1, 5, 5], "score": 0.9}
+    for results in ([], [detection]):  # no detections, or a false positive: either way there is no AP
+        metrics = evaluate_coco(dataset.coco, results, dataset.image_ids, ("bbox",))
+        assert all(value is None for value in metrics["bbox"].values()), metrics
+
+    run = tmp_path / "run"
+    backbone = ["--vim", *[f"{k}={v}" for k, v in TINY_VIM.items()], "--pyramid-channels", "16"]
+    assert cli(["detect", "train", "--images", str(image_dir), "--annotations", str(annotations), "--arch",
+                "faster_rcnn", "--image-size", "32", "--no-lsj", "--anchor-sizes", "4", "8", "16", "32", "64",
+                "--detector", "head_channels=16", "box_fc=32", "box_head_convs=1", *backbone, "--output", str(run),
+                "--iterations", "1", "--batch-size", "2", "--warmup-iters", "1", "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert cli(["detect", "eval", str(run / "last.pth"), "--images", str(image_dir), "--annotations", str(empty),
+                "--workers", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "AP is undefined without ground truth" in err and "AP 0.0" not in err
+
+
+def test_annotations_of_a_missing_image_file_name_the_file(tmp_path):
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")
+    images = [{"id": 1, "file_name": "a.png", "height": 20, "width": 30},
+              {"id": 2, "file_name": "gone.png", "height": 20, "width": 30}]
+    box = {"bbox": [2, 2, 6, 6], "iscrowd": 0, "category_id": 4}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": images, "categories": [{"id": 4, "name": "cat"}],
+                                "annotations": [{"id": 1, "image_id": 1, **box}, {"id": 2, "image_id": 2, **box},
+                                                {"id": 3, "image_id": 2, **box}]}))
+    with pytest.raises(DataError) as info:
+        CocoDetection(tmp_path, path, masks=False)
+    message = str(info.value)
+    assert "1 are images whose file is missing or empty" in message and str(tmp_path / "gone.png") in message
+    assert "2 belong to an image whose file is missing" in message
+    assert "does not define" not in message
+    skipping = CocoDetection(tmp_path, path, masks=False, on_invalid="skip")
+    assert len(skipping) == 1 and skipping.report.dropped() == 3
