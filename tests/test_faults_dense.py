@@ -179,3 +179,44 @@ def test_annotations_of_a_missing_image_file_name_the_file(tmp_path):
     assert "does not define" not in message
     skipping = CocoDetection(tmp_path, path, masks=False, on_invalid="skip")
     assert len(skipping) == 1 and skipping.report.dropped() == 3
+
+
+class _Exploding(torch.utils.data.Dataset):
+    """A dataset whose sample ``bad`` raises (in a data worker) while ``armed``."""
+
+    def __init__(self, base, bad: int, armed: bool = True):
+        self.base, self.bad, self.armed = base, bad, armed
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        if self.armed and index == self.bad:
+            raise ValueError(f"sample {index} is broken")
+        return self.base[index]
+
+
+def test_a_failing_data_worker_ends_dense_training_with_the_error_and_a_checkpoint(tmp_path):
+    # issue 10, case 2 for segment/detect train: the same guarantee as classification (no hang, a resumable state)
+    data = tmp_path / "shapes"
+    write_ade20k_shapes(data, {"training": 10}, size=(32, 32), seed=3)
+    base = SegmentationDataset(data, "training", 4, transform=SegTrainTransform((32, 32), (128, 32)))
+    config = SegmentorConfig(num_classes=4, channels=16, aux_channels=8,
+                             backbone=BackboneConfig(vim=TINY_VIM, out_indices=(1,)))
+    settings = DenseTrainConfig(iterations=7, batch_size=2, lr=1e-3, warmup_iters=2, eval_interval=1000,
+                                log_interval=1, checkpoint_interval=1000, workers=2, seed=5)
+    extra = {"dense_task": "segmentation", "dense_config": config.to_dict()}
+    out = tmp_path / "run"
+    seed_everything(0)
+    with pytest.raises(DataError, match=r"sample 9 is broken.*Saved .*last\.pth.*--resume") as failure:
+        train_iterations(build_dense_model("segmentation", config), _Exploding(base, bad=9), cfg=settings,
+                         output_dir=out, dist=DistInfo(), collate_fn=None, resume=None, checkpoint_extra=extra,
+                         to_inputs=lambda batch, device: batch)
+    saved = load_training_checkpoint(out / "last.pth")
+    # the state of the last finished iteration: the broken sample's batch was never trained on
+    assert 0 <= saved["global_step"] < 5 and saved["batch_in_epoch"] == saved["global_step"]
+    assert "data worker raised" in str(failure.value)
+    result = train_iterations(build_dense_model("segmentation", config), _Exploding(base, bad=9, armed=False),
+                              cfg=settings, output_dir=out, dist=DistInfo(), collate_fn=None,
+                              resume=out / "last.pth", checkpoint_extra=extra, to_inputs=lambda batch, device: batch)
+    assert result.summary["iterations"] == 7

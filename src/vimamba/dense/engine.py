@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.workers import DataLoadingError, describe_failure, is_worker_failure, worker_deaths_deferred
 from ..train.checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
                                   load_training_checkpoint, prepare_output_dir, restore_training_state)
 from ..train.distributed import DistInfo, all_reduce_max, all_reduce_sums, print_once, seed_everything
@@ -182,14 +183,49 @@ def train_iterations(
     def next_batch():
         nonlocal data_iter, epoch, batch_in_epoch
         try:
-            batch = next(data_iter)
-        except StopIteration:
-            epoch, batch_in_epoch = epoch + 1, 0
-            sampler.set_epoch(epoch)
-            data_iter = iter(loader)
-            batch = next(data_iter)
+            try:
+                batch = next(data_iter)
+            except StopIteration:
+                epoch, batch_in_epoch = epoch + 1, 0
+                sampler.set_epoch(epoch)
+                data_iter = iter(loader)
+                batch = next(data_iter)
+        except Exception as e:  # a data worker raised or died
+            raise DataLoadingError(f"loading a training batch failed at iteration {global_step + 1}: "
+                                   f"{describe_failure(e)}") from e
         batch_in_epoch += 1
         return batch
+
+    def stop_after_data_failure(error: Exception, step_start: Tuple[int, int]) -> DataLoadingError:
+        """Save what the last finished iteration left (one process only: a collective would wait for ranks that
+        are not coming) and return the error to raise, saying where the run can continue from."""
+        nonlocal epoch, batch_in_epoch
+        epoch, batch_in_epoch = step_start
+        message = str(error) if isinstance(error, DataLoadingError) else (
+            f"loading a training batch failed at iteration {global_step + 1}: {describe_failure(error)}")
+        if dist.distributed:
+            return DataLoadingError(f"{message.rstrip('.')}. In a distributed run nothing is saved after a failure")
+        save()
+        return DataLoadingError(f"{message.rstrip('.')}. Saved {manager.last_path}; fix the cause, then continue "
+                                f"with --resume {manager.last_path}")
+
+    def accumulate_gradients():
+        """Forward and backward of ``accum_steps`` micro-batches; returns (losses, loss, all finite)."""
+        nonlocal sums
+        finite = True
+        for micro in range(cfg.accum_steps):
+            inputs = to_inputs(next_batch(), dist.device)
+            sync = micro == cfg.accum_steps - 1 or not dist.distributed
+            with (contextlib.nullcontext() if sync else trained.no_sync()):
+                with precision.autocast():
+                    losses = trained(*inputs)
+                loss = sum(losses.values())
+                finite = finite and precision.is_finite(loss)
+                precision.backward(loss / cfg.accum_steps)
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) / cfg.accum_steps
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / cfg.accum_steps
+        return losses, loss, finite
 
     trained.train()
     data_iter = iter(loader)
@@ -198,26 +234,22 @@ def train_iterations(
     last_metrics: Dict[str, float] = {}
     exit_code = 0
     bar = progress(range(cfg.iterations), total=cfg.iterations, initial=global_step, desc="train")
+    committed = (epoch, batch_in_epoch)  # where the last finished iteration left the data
     with GracefulInterrupt() as interrupt:
         while global_step < cfg.iterations:
-            finite = True
-            for micro in range(cfg.accum_steps):
-                inputs = to_inputs(next_batch(), dist.device)
-                sync = micro == cfg.accum_steps - 1 or not dist.distributed
-                with (contextlib.nullcontext() if sync else trained.no_sync()):
-                    with precision.autocast():
-                        losses = trained(*inputs)
-                    loss = sum(losses.values())
-                    finite = finite and precision.is_finite(loss)
-                    precision.backward(loss / cfg.accum_steps)
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach()) / cfg.accum_steps
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / cfg.accum_steps
-            outcome = precision.step(optimizer, bare.parameters(), clip_grad=cfg.clip_grad, loss_finite=finite,
-                                     where=f"iteration {global_step + 1}")
-            global_step += 1
+            try:
+                losses, loss, finite = accumulate_gradients()
+                with worker_deaths_deferred():  # an update is applied whole, or not at all
+                    outcome = precision.step(optimizer, bare.parameters(), clip_grad=cfg.clip_grad,
+                                             loss_finite=finite, where=f"iteration {global_step + 1}")
+                    global_step += 1
+                    scheduler.step_update(global_step)
+                    committed = (epoch, batch_in_epoch)
+            except Exception as e:  # torch reports a worker's death from its SIGCHLD handler, wherever we are
+                if isinstance(e, DataLoadingError) or is_worker_failure(e):
+                    raise stop_after_data_failure(e, committed) from e
+                raise
             window_steps += 1
-            scheduler.step_update(global_step)
             lr = max(group["lr"] for group in optimizer.param_groups)
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}", refresh=False)
