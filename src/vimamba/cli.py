@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "vimamba.data.commands",  # data fashion-mnist | cifar10 | check
     "vimamba.dense.commands",  # segment, detect
     "vimamba.bench.commands",  # bench
+    "vimamba.export.commands",  # export
 ]
 
 

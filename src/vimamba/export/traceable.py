@@ -2,8 +2,8 @@
 
 Inside :func:`traceable`, for the duration of an export only:
 
-- every :class:`~vimamba.models.vim.BiMambaMixer` runs its convolutions with :func:`vimamba.ops.depthwise_conv1d`
-  (plain tensor ops) and its scan as one operator (:mod:`vimamba.export.scan_op`: the eager kernel when run, the blocked scan of
+- every :class:`~vimamba.models.vim.BiMambaMixer` runs its convolutions as grouped ``conv1d`` (one graph node
+  each) and its scan as one operator (:mod:`vimamba.export.scan_op`: the eager kernel when run, the blocked scan of
   :mod:`vimamba.export.scan` in ONNX), instead of the eager dispatch;
 - every :class:`~vimamba.models.vim.VisionMamba` always resizes its position embedding to the input's patch grid
   (the resize is the identity at the native grid), so the graph does not freeze "native size or not";
@@ -23,17 +23,29 @@ import torch.nn.functional as F
 
 from ..models.pos_embed import insert_cls_token, split_pos_embed
 from ..models.vim import BiMambaMixer, VisionMamba, _float32_or_wider
-from ..ops.conv import depthwise_conv1d
 from .scan_op import bidirectional_scan_op
 
 __all__ = ["traceable"]
 
 
+def _depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """:func:`vimamba.ops.depthwise_conv1d` as one grouped convolution: (batch, L, E) -> (batch, L, E).
+
+    Causal: pad K-1 zeros before the sequence. Anti-causal (the flipped sequence's causal convolution): pad K-1
+    zeros after it and mirror the kernel taps.
+    """
+    k = weight.shape[-1]
+    channels_first = x.transpose(1, 2)
+    padded = F.pad(channels_first, (0, k - 1) if reverse else (k - 1, 0))
+    kernel = torch.flip(weight, dims=[-1]) if reverse else weight
+    return F.conv1d(padded, kernel.to(x.dtype), bias.to(x.dtype), groups=x.shape[-1]).transpose(1, 2)
+
+
 def _mixer_forward(self: BiMambaMixer, hidden: torch.Tensor) -> torch.Tensor:
     """:meth:`BiMambaMixer.forward` with the traceable convolution and scan."""
     x, z = self.in_proj(hidden).chunk(2, dim=-1)
-    x_f = F.silu(depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
-    x_b = F.silu(depthwise_conv1d(x, self.conv1d_b.weight, self.conv1d_b.bias, reverse=True))
+    x_f = F.silu(_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias, reverse=False))
+    x_b = F.silu(_depthwise_conv1d(x, self.conv1d_b.weight, self.conv1d_b.bias, reverse=True))
     dt_f, B_f, C_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
     dt_b, B_b, C_b = self._ssm_inputs(x_b, self.x_proj_b, self.dt_proj_b)
     y = bidirectional_scan_op(
