@@ -3,7 +3,7 @@
 This is :mod:`vimamba.export.scan` (the blocked linear recurrence, see there for the math) written with ONNX Script
 operators, so that the exported graph runs in any ONNX runtime without custom kernels. It is the ONNX translation
 of the ``vimamba_export::bidirectional_scan`` operator; the sequence length is read from the input's shape at run
-time, so one graph serves every image size. Every tensor of the recurrence is (batch, L, E, N).
+time, so one graph serves every image size.
 """
 from __future__ import annotations
 
@@ -68,18 +68,60 @@ def _linear_recurrence(log_a, b, levels: int, block: int):
     return op.Slice(flat, _ints(0), length, _ints(1))
 
 
+def _blocks(x, block_c, pad, n_blocks):
+    """(batch, L, k) -> (batch, n_blocks, block, k), zero tokens appended."""
+    batch, tail = op.Shape(x, start=0, end=1), op.Shape(x, start=2)
+    padded = op.Pad(x, op.Concat(_ints(0, 0, 0, 0), pad, _ints(0), axis=0))
+    return op.Reshape(padded, op.Concat(batch, n_blocks, block_c, tail, axis=0))
+
+
 def _direction(u, dt, A, B, C, D, dt_bias, reverse: bool):
-    """One direction's y (batch, L, E), D term included."""
+    """One direction's y (batch, L, E), D term included.
+
+    The first level works token by token inside the blocks on (batch, blocks, N, E) slices, computing each
+    token's output as it goes: the full states are never stored, only the products ``C_t * (decay from the
+    block's start to t)`` that carry the state entering the block to the outputs. States are laid out (N, E),
+    channels innermost, so every broadcast multiplies contiguous rows of E channels (onnxruntime's broadcasting
+    is several times slower with the 16 states innermost).
+    """
     if reverse:
         u, dt, B, C = (_reverse_tokens(t) for t in (u, dt, B, C))
     pre = op.Add(dt, dt_bias)
     threshold = op.CastLike(op.Constant(value_float=20.0), pre)
     delta = op.Where(op.Greater(pre, threshold), pre, op.Softplus(pre))  # torch's softplus (threshold 20)
-    log_a = op.Mul(op.Unsqueeze(delta, _ints(-1)), A)  # (batch, L, E, N)
-    drive = op.Mul(op.Unsqueeze(op.Mul(delta, u), _ints(-1)), op.Unsqueeze(B, _ints(2)))
-    states = _linear_recurrence(log_a, drive, LEVELS, BLOCK)
-    y = op.ReduceSum(op.Mul(states, op.Unsqueeze(C, _ints(2))), _ints(-1), keepdims=0)
-    y = op.Add(y, op.Mul(u, D))
+    block = BLOCK
+    block_c = _ints(block)
+    length = op.Shape(u, start=1, end=2)
+    pad = op.Mod(op.Sub(block_c, op.Mod(length, block_c)), block_c)
+    n_blocks = op.Div(op.Add(length, pad), block_c)
+    # zero tokens appended: delta = 0 (decay 1, input 0) and C = 0, so they change nothing before them
+    delta_g, du_g = _blocks(delta, block_c, pad, n_blocks), _blocks(op.Mul(delta, u), block_c, pad, n_blocks)
+    B_g, C_g = _blocks(B, block_c, pad, n_blocks), _blocks(C, block_c, pad, n_blocks)
+    A = op.Transpose(A, perm=[1, 0])  # (N, E)
+    delta_t = op.Split(op.Unsqueeze(delta_g, _ints(3)), axis=2, num_outputs=block)  # (batch, blocks, 1, 1, E)
+    du_t = op.Split(op.Unsqueeze(du_g, _ints(3)), axis=2, num_outputs=block)
+    B_t = op.Split(op.Unsqueeze(B_g, _ints(-1)), axis=2, num_outputs=block)  # (batch, blocks, 1, N, 1)
+    C_t = op.Split(op.Unsqueeze(C_g, _ints(-1)), axis=2, num_outputs=block)
+    local_y, carry = [], []
+    state = decay = None
+    for t in range(block):  # 1. every block from a zero state, all blocks at once
+        a = op.Exp(op.Mul(delta_t[t], A))
+        b = op.Mul(du_t[t], B_t[t])
+        state = b if state is None else op.Add(op.Mul(a, state), b)
+        decay = a if decay is None else op.Mul(a, decay)
+        local_y.append(op.ReduceSum(op.Mul(state, C_t[t]), _ints(3), keepdims=0))  # (batch, blocks, 1, E)
+        carry.append(op.Mul(decay, C_t[t]))
+    # 2. the state entering each block: the recurrence between blocks, decay exp(sum of delta over block * A)
+    block_log_decay = op.Mul(op.Unsqueeze(op.ReduceSum(delta_g, _ints(2), keepdims=0), _ints(2)), A)
+    leaving = _linear_recurrence(block_log_decay, op.Squeeze(state, _ints(2)), LEVELS - 1, block)
+    entering = op.Pad(op.Slice(leaving, _ints(0), _ints(-1), _ints(1)), _ints(0, 1, 0, 0, 0, 0, 0, 0))
+    # 3. y_t = C_t . (local state + decay to t * entering state)
+    carried = op.ReduceSum(op.Mul(op.Concat(*carry, axis=2), op.Unsqueeze(entering, _ints(2))), _ints(3),
+                           keepdims=0)
+    y = op.Add(op.Concat(*local_y, axis=2), carried)  # (batch, blocks, block, E)
+    y = op.Reshape(y, op.Concat(op.Shape(u, start=0, end=1), op.Mul(n_blocks, block_c), op.Shape(u, start=2),
+                                axis=0))
+    y = op.Add(op.Slice(y, _ints(0), length, _ints(1)), op.Mul(u, D))
     return _reverse_tokens(y) if reverse else y
 
 
