@@ -14,7 +14,6 @@ resized inside the graph), otherwise the size they were traced at (``img_size``,
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
@@ -24,7 +23,7 @@ import torch
 from ..io import atomic_write
 from ..models.checkpoint import CheckpointError
 from .loading import Exportable, load_exportable
-from .metadata import METADATA_KEY, ExportMetadata
+from .metadata import ExportMetadata
 
 __all__ = ["export_checkpoint", "FORMATS", "load_program", "PROGRAM_METADATA_FILE"]
 

@@ -64,7 +64,8 @@ def _load_segmentation(path: Path) -> Exportable:
     min_size = -(-min_size // stride) * stride
     preprocessing = {"mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD),
                      "scale": list(data.get("scale") or (2048, 512)), "crop_size": list(crop),
-                     "eval_mode": data.get("eval_mode", "slide"), "eval_stride": list(data.get("eval_stride") or (341, 341)),
+                     "eval_mode": data.get("eval_mode", "slide"),
+                     "eval_stride": list(data.get("eval_stride") or (341, 341)),
                      "in_chans": vim.cfg.in_chans}
     names = list(info.class_names) or [f"class {i}" for i in range(info.config.num_classes)]
     return Exportable(model=model.eval(), task="segmentation", preprocessing=preprocessing, class_names=names,

@@ -1,7 +1,9 @@
 """The bidirectional selective scan in standard ONNX operators (opset 18+), for any sequence length.
 
-This is :mod:`vimamba.export.scan` (the blocked linear recurrence, see there for the math) written with ONNX Script
-operators, so that the exported graph runs in any ONNX runtime without custom kernels. It is the ONNX translation
+This is the blocked linear recurrence of :mod:`vimamba.export.scan` (see there for the math) written with ONNX
+Script operators, so that the exported graph runs in any ONNX runtime without custom kernels. The first level
+streams tokens inside the blocks and never stores the full (L, N, E) states (see :func:`_direction`); the levels
+above it, on one state per block, are :func:`_linear_recurrence`. It is the ONNX translation
 of the ``vimamba_export::bidirectional_scan`` operator; the sequence length is read from the input's shape at run
 time, so one graph serves every image size.
 """
@@ -40,7 +42,7 @@ def _closed_form(log_a, b):
 
 
 def _linear_recurrence(log_a, b, levels: int, block: int):
-    """All states of h_t = exp(log_a_t) h_{t-1} + b_t along axis 1 (see :func:`vimamba.export.scan.linear_recurrence`)."""
+    """All states of h_t = exp(log_a_t) h_{t-1} + b_t along axis 1, as :func:`vimamba.export.scan.linear_recurrence`."""
     if levels == 0:
         return _closed_form(log_a, b)
     batch, length, tail = op.Shape(b, start=0, end=1), op.Shape(b, start=1, end=2), op.Shape(b, start=2)

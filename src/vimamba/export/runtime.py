@@ -32,7 +32,8 @@ def open_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable / invalid models
-        raise ValueError(f"onnxruntime cannot load '{path}': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"onnxruntime cannot load '{path}': {reason}") from e
 
 
 def read_onnx_metadata(session, source: str = "the model") -> ExportMetadata:
