@@ -179,7 +179,7 @@ def test_safetensors_export_keeps_preprocessing_and_classes(classifier, tmp_path
 # ---------------------------------------------------------------------------------------------------- segmentation
 def test_segmentation_checkpoint_exports_and_matches(tmp_path):
     torch.manual_seed(0)
-    config = SegmentorConfig(num_classes=3, channels=8, aux_channels=8, pool_scales=(1, 2),
+    config = SegmentorConfig(num_classes=3, channels=8, aux_channels=8, pool_scales=(1, 2, 3, 6),  # the official
                              backbone=BackboneConfig(vim=dict(embed_dim=16, depth=4, d_state=4, img_size=32,
                                                               drop_path_rate=0.0, patch_size=8, stride=8),
                                                      strides=(4, 8, 16, 32)))

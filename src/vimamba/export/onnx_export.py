@@ -29,11 +29,17 @@ def program_to_onnx(program: torch.export.ExportedProgram, path: Union[str, Path
         raise ValueError(f"--opset {opset}: the exported scan needs opset {MIN_OPSET} or newer")
     from .onnx_scan import bidirectional_scan_onnx
 
-    onnx_program = torch.onnx.export(
-        program, dynamo=True, opset_version=opset, optimize=False, verbose=False,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        custom_translation_table={torch.ops.vimamba_export.bidirectional_scan.default: bidirectional_scan_onnx},
-    )
+    try:
+        onnx_program = torch.onnx.export(
+            program, dynamo=True, opset_version=opset, optimize=False, verbose=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            custom_translation_table={torch.ops.vimamba_export.bidirectional_scan.default: bidirectional_scan_onnx},
+        )
+    except Exception as e:  # the exporter's messages span many lines: keep the first and the cause, chain the rest
+        cause = e.__cause__ or e
+        reason = next((line for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+        raise RuntimeError(f"the ONNX translation failed: {type(cause).__name__}: {reason.strip()} "
+                           "(VIMAMBA_DEBUG=1 shows the details)") from e
     onnx_program.model.metadata_props[METADATA_KEY] = metadata.to_json()
     path = Path(path)
     with atomic_write(path) as tmp:

@@ -7,7 +7,9 @@ Inside :func:`traceable`, for the duration of an export only:
   :mod:`vimamba.export.scan` in ONNX), instead of the eager dispatch;
 - every :class:`~vimamba.models.vim.VisionMamba` always resizes its position embedding to the input's patch grid
   (the resize is the identity at the native grid), so the graph does not freeze "native size or not";
-- every :class:`~vimamba.dense.backbone.VimBackbone` always pads the image to its patch grid (by zero when it fits).
+- every :class:`~vimamba.dense.backbone.VimBackbone` always pads the image to its patch grid (by zero when it fits);
+- every ``nn.AdaptiveAvgPool2d`` (UperNet's pyramid pooling) averages through an integral image with cell bounds
+  computed from the input's size, which exports for any size (the exporter's own translation needs fixed sizes).
 
 The math is the eager model's; the export tests compare the two. Nothing about the model is changed afterwards.
 """
@@ -77,6 +79,27 @@ def _pad_to_grid(self, x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, target_w - w, 0, target_h - h))
 
 
+def _adaptive_bounds(size, cells: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cell i of an adaptive pooling covers [floor(i * size / cells), ceil((i + 1) * size / cells))."""
+    index = torch.arange(cells, device=device)
+    return (index * size) // cells, ((index + 1) * size + cells - 1) // cells
+
+
+def _adaptive_avg_pool2d(self: nn.AdaptiveAvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d`` by sums over an integral image (float64 accumulation), any input size."""
+    out_h, out_w = (self.output_size, self.output_size) if isinstance(self.output_size, int) else self.output_size
+    height, width = x.shape[-2], x.shape[-1]
+    out_h, out_w = out_h or height, out_w or width
+    top, bottom = _adaptive_bounds(height, out_h, x.device)
+    left, right = _adaptive_bounds(width, out_w, x.device)
+    integral = F.pad(x.double().cumsum(-2).cumsum(-1), (1, 0, 1, 0))  # integral[i, j] = sum of x[:i, :j]
+    rows_b, rows_t = integral.index_select(-2, bottom), integral.index_select(-2, top)
+    total = (rows_b.index_select(-1, right) - rows_t.index_select(-1, right)
+             - rows_b.index_select(-1, left) + rows_t.index_select(-1, left))
+    count = ((bottom - top)[:, None] * (right - left)[None, :]).to(total.dtype)
+    return (total / count).to(x.dtype)
+
+
 @contextmanager
 def traceable(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, ``model`` (and every Vim inside it) runs in its traceable form; restored on exit."""
@@ -86,7 +109,8 @@ def traceable(model: nn.Module) -> Iterator[nn.Module]:
     for module in model.modules():
         for cls, name, function in ((BiMambaMixer, "forward", _mixer_forward),
                                     (VisionMamba, "_pos_embed_for", _pos_embed_for),
-                                    (VimBackbone, "pad_to_grid", _pad_to_grid)):
+                                    (VimBackbone, "pad_to_grid", _pad_to_grid),
+                                    (nn.AdaptiveAvgPool2d, "forward", _adaptive_avg_pool2d)):
             if isinstance(module, cls):
                 object.__setattr__(module, name, MethodType(function, module))
                 replaced.append((module, name))
