@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "vimamba.dense.commands",  # segment, detect
     "vimamba.bench.commands",  # bench
     "vimamba.pretrain.commands",  # probe
+    "vimamba.export.commands",  # export
 ]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent

@@ -114,8 +114,12 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("predict", help="top-5 classes of image files",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="a vimamba training checkpoint, exported weights, or an official Vim .pth")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT",
+                        help="a vimamba training checkpoint, exported weights, or an official Vim .pth")
+    source.add_argument("--onnx", metavar="MODEL",
+                        help="an ONNX model written by `vimamba export` (runs in onnxruntime on the CPU, with the "
+                             "preprocessing stored in it)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--top-k", type=positive_int, default=5, help="how many classes to show per image")
     _add_inference_arguments(p)
@@ -178,6 +182,23 @@ def _load_for_inference(args):
     return dist_info, loaded, pre
 
 
+def _load_onnx_for_inference(args):
+    """Like :func:`_load_for_inference` for ``--onnx``: onnxruntime on the CPU, the model's stored preprocessing."""
+    from ..export.runtime import load_onnx_classifier
+    from .distributed import init_distributed
+
+    if args.weights != "auto" or args.trust_checkpoint:
+        raise ValueError("--weights and --trust-checkpoint apply to --checkpoint, not to --onnx")
+    loaded = load_onnx_classifier(args.onnx)
+    pre = loaded.preprocessing.with_size(args.img_size)
+    if args.crop_pct is not None:
+        from ..data.transforms import Preprocessing
+
+        pre = Preprocessing(**{**pre.to_dict(), "img_size": tuple(pre.img_size), "crop_pct": args.crop_pct})
+    loaded.model.metadata.check_size(*pre.img_size)
+    return init_distributed("cpu"), loaded, pre
+
+
 def _eval(args) -> int:
     from .distributed import cleanup_distributed, print_once
     from .inference import evaluate_classifier
@@ -208,7 +229,10 @@ def _predict(args) -> int:
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    dist_info, loaded, pre = _load_for_inference(args)
+    if args.onnx:
+        dist_info, loaded, pre = _load_onnx_for_inference(args)
+    else:
+        dist_info, loaded, pre = _load_for_inference(args)
     results = predict_images(loaded, args.images, preprocessing=pre, top_k=args.top_k, device=dist_info.device)
     if args.json:
         print(json.dumps([{"image": r.path, "top": [{"class": c, "probability": p} for c, p in r.top],
