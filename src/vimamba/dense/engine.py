@@ -176,7 +176,8 @@ def train_iterations(
     scheduler.step_update(global_step)
 
     def save(metric_value: Optional[float] = None) -> None:
-        state = {"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        state = {"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(),
+                 "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                  "global_step": global_step, "config": cfg.to_dict(), **(checkpoint_extra or {})}
         manager.save(state, metric_value=metric_value)
 

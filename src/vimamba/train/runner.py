@@ -10,9 +10,10 @@ Files in the output directory: ``config.json``, ``last.pth`` (every epoch, and o
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..data.datasets import open_split, resolve_dataset
 from ..data.images import collate_skipping_unreadable
 from ..data.transforms import Augmentation, build_eval_transform, build_train_transform
-from ..data.workers import DataLoadingError
+from ..data.workers import DataLoadingError, describe_failure, is_worker_failure
 from ..models.checkpoint import load_checkpoint, save_weights
 from .checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
                             load_training_checkpoint, prepare_output_dir, restore_training_state)
@@ -235,36 +236,40 @@ def _run(cfg: TrainConfig, dist_info: DistInfo, custom_criterion: Optional[Calla
                            f"--resume {manager.last_path}")
                 return {"status": "interrupted", "exit_code": interrupt.exit_code, "epoch": epoch,
                         "batch_in_epoch": batches_done, "checkpoint": str(manager.last_path)}
-            batches_done = 0
+            # the epoch is trained: a data worker that dies from here on (torch reports it wherever the main
+            # process is) ends the run with the epoch kept
+            with _saved_on_worker_death(manager, lambda: training_state(epoch + 1, 0), dist_info, epoch):
+                batches_done = 0
 
-            record: Dict[str, Any] = {"epoch": epoch + 1, "global_step": global_step, "train_loss": result.loss,
-                                      "lr": max(g["lr"] for g in optimizer.param_groups),
-                                      "epoch_seconds": result.seconds,
-                                      "train_img_per_s": result.samples / max(result.seconds, 1e-9)}
-            record["train_loss_trace"] = [[round(epoch + b / batches_per_epoch, 4), loss]
-                                          for b, loss in result.loss_trace]
-            if result.skipped_images or result.skipped_steps:
-                record.update(skipped_images=result.skipped_images, skipped_steps=result.skipped_steps)
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                try:
-                    val = evaluate(bare_model, val_loader, device=device, precision=precision, desc="eval")
-                    record.update(val_loss=val["loss"], top1=val["top1"], top5=val["top5"])
-                    if ema is not None:
-                        ema_val = evaluate(ema.module, val_loader, device=device, precision=precision,
-                                           desc="eval EMA")
-                        record.update(ema_loss=ema_val["loss"], ema_top1=ema_val["top1"], ema_top5=ema_val["top5"])
-                except DataLoadingError as e:  # the epoch is trained: keep it (not evaluated), then stop
-                    metrics.append(record)
-                    raise _saved_after_failure(e, manager, lambda: training_state(epoch + 1, 0), dist_info) from e
-                last_eval = record
-            metrics.append(record)
-            manager.save(training_state(epoch + 1, 0), metric_value=record.get(cfg.best_metric))
-            if dist_info.is_main:
-                plot_curves(metrics.read(), out / "curves.png", loss_keys=("train_loss", "val_loss", "ema_loss"),
-                            trace_keys=("train_loss_trace",),
-                            metric_keys=("top1", "top5", "ema_top1"), metric_label="accuracy (%)",
-                            title=f"{built} on {spec.name}")
-            print_once(_epoch_line(record, cfg.epochs))
+                record: Dict[str, Any] = {"epoch": epoch + 1, "global_step": global_step, "train_loss": result.loss,
+                                          "lr": max(g["lr"] for g in optimizer.param_groups),
+                                          "epoch_seconds": result.seconds,
+                                          "train_img_per_s": result.samples / max(result.seconds, 1e-9)}
+                record["train_loss_trace"] = [[round(epoch + b / batches_per_epoch, 4), loss]
+                                              for b, loss in result.loss_trace]
+                if result.skipped_images or result.skipped_steps:
+                    record.update(skipped_images=result.skipped_images, skipped_steps=result.skipped_steps)
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    try:
+                        val = evaluate(bare_model, val_loader, device=device, precision=precision, desc="eval")
+                        record.update(val_loss=val["loss"], top1=val["top1"], top5=val["top5"])
+                        if ema is not None:
+                            ema_val = evaluate(ema.module, val_loader, device=device, precision=precision,
+                                               desc="eval EMA")
+                            record.update(ema_loss=ema_val["loss"], ema_top1=ema_val["top1"],
+                                          ema_top5=ema_val["top5"])
+                    except DataLoadingError as e:  # the epoch is trained: keep it (not evaluated), then stop
+                        metrics.append(record)
+                        raise _saved_after_failure(e, manager, lambda: training_state(epoch + 1, 0), dist_info) from e
+                    last_eval = record
+                metrics.append(record)
+                manager.save(training_state(epoch + 1, 0), metric_value=record.get(cfg.best_metric))
+                if dist_info.is_main:
+                    plot_curves(metrics.read(), out / "curves.png", loss_keys=("train_loss", "val_loss", "ema_loss"),
+                                trace_keys=("train_loss_trace",),
+                                metric_keys=("top1", "top5", "ema_top1"), metric_label="accuracy (%)",
+                                title=f"{built} on {spec.name}")
+                print_once(_epoch_line(record, cfg.epochs))
             if interrupt.requested is not None:
                 print_once(f"stopped by {interrupt.signal_name} after epoch {epoch + 1}; saved {manager.last_path}. "
                            f"Continue with:\n    vimamba train --resume {manager.last_path}")
@@ -319,10 +324,25 @@ def _saved_after_failure(error: DataLoadingError, manager: CheckpointManager, st
     if dist_info.distributed:
         kept = (f"the last checkpoint is '{manager.last_path}'" if manager.last_path.is_file() else
                 "no checkpoint had been written yet")
-        return DataLoadingError(f"{str(error).rstrip('.')}. In a distributed run nothing is saved after a failure: {kept}.")
+        return DataLoadingError(f"{str(error).rstrip('.')}. In a distributed run nothing is saved after a failure: "
+                                f"{kept}.")
     manager.save(state())
-    return DataLoadingError(f"{str(error).rstrip('.')}. Saved {manager.last_path}; fix the cause, then continue with: vimamba train "
-                            f"--resume {manager.last_path}")
+    return DataLoadingError(f"{str(error).rstrip('.')}. Saved {manager.last_path}; fix the cause, then continue "
+                            f"with: vimamba train --resume {manager.last_path}")
+
+
+@contextlib.contextmanager
+def _saved_on_worker_death(manager: CheckpointManager, state: Callable[[], Dict[str, Any]], dist_info: DistInfo,
+                           epoch: int) -> Iterator[None]:
+    """Turn torch's report of a dead data worker (a RuntimeError from its SIGCHLD handler, raised wherever the main
+    process is) into a saved checkpoint and a :class:`DataLoadingError`, like a failure inside the epoch."""
+    try:
+        yield
+    except RuntimeError as e:
+        if isinstance(e, DataLoadingError) or not is_worker_failure(e):
+            raise
+        error = DataLoadingError(f"a data worker failed after epoch {epoch + 1}: {describe_failure(e)}")
+        raise _saved_after_failure(error, manager, state, dist_info) from e
 
 
 def _export(model: nn.Module, manager: CheckpointManager, cfg: TrainConfig, extras: Dict[str, Any],
