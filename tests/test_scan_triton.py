@@ -295,6 +295,55 @@ def test_saves_chunk_states_not_the_full_state(device):
 
 
 @on_devices
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_inference_saves_no_states(device, mode, monkeypatch):
+    """A forward without autograd (inputs that require grad, under no_grad / inference_mode) asks the kernel for no
+    saved states, and its output equals the training forward's."""
+    inputs = as_leaves(make_inputs(length=9, device=device))
+    calls = []
+    original = triton_scan.scan_forward
+
+    def recording(inputs_, z, save_states):
+        calls.append(save_states)
+        return original(inputs_, z, save_states)
+
+    monkeypatch.setattr(triton_scan, "scan_forward", recording)
+    with (torch.no_grad() if mode == "no_grad" else torch.inference_mode()):
+        inferred = bidirectional_scan_triton(**inputs)
+    assert calls == [False] and not inferred.requires_grad
+    trained = bidirectional_scan_triton(**inputs)
+    assert calls == [False, True]
+    torch.testing.assert_close(inferred, trained.detach(), rtol=0, atol=0)
+
+
+@on_devices
+def test_contract_functions(device):
+    """scan_forward / scan_backward / saved_states_shape, the raw entry points a custom op wraps: shapes, and the
+    gradients equal autograd through the reference."""
+    inputs = make_inputs(batch=2, length=37, channels=12, n_state=16, device=device)
+    prepared, z = triton_scan.prepare_inputs(**inputs)
+    out, states = triton_scan.scan_forward(prepared, z, save_states=True)
+    assert states.dtype == torch.float32
+    assert tuple(states.shape) == triton_scan.saved_states_shape(2, 37, 12, 16)
+    assert triton_scan.scan_forward(prepared, z, save_states=False)[1] is None
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.device)
+    grads = triton_scan.scan_backward(prepared, z, states, dout)
+    assert len(grads) == 15
+    ref = as_leaves(inputs, dtype=torch.float64)
+    bidirectional_scan_reference(**ref).backward(dout.double().cpu())
+    for name, grad in zip(ARG_NAMES, grads):
+        assert_close_scaled(grad, ref[name].grad, 1e-4, name)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        again = [triton_scan.scan_backward(prepared, z, states, dout) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for name, first, second in zip(ARG_NAMES, *again):
+        assert torch.equal(first, second), name
+
+
+@on_devices
 def test_empty_sequence(device):
     inputs = as_leaves(make_inputs(length=0, device=device))
     out = bidirectional_scan_triton(**inputs)

@@ -39,7 +39,7 @@ if triton is not None:
     from . import triton_scan_kernels as _kernels
 
 __all__ = ["bidirectional_scan_triton", "is_available", "INTERPRETED", "TritonScanConfig", "use_config",
-           "current_config"]
+           "current_config", "prepare_inputs", "scan_forward", "scan_backward", "saved_states_shape"]
 
 #: True when the kernels run in Triton's CPU interpreter: Triton decides this from ``TRITON_INTERPRET`` when a
 #: kernel is decorated, i.e. when this module is imported.
@@ -250,27 +250,64 @@ def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], state
             reduced(dbias_f, bias_f), reduced(dbias_b, bias_b), dz)
 
 
+def prepare_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b,
+                   z=None) -> Tuple[Tuple[torch.Tensor, ...], Optional[torch.Tensor]]:
+    """Check the inputs and bring them into the layout the kernels accept (unit last stride for the sequences,
+    contiguous parameters; copies only where needed). Returns ``(inputs, z)`` for :func:`scan_forward`."""
+    _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
+    sequences = tuple(_unit_last_stride(t) for t in (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b))
+    parameters = tuple(t.contiguous() for t in (A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b))
+    return sequences + parameters, (_unit_last_stride(z) if z is not None else None)
+
+
+def saved_states_shape(batch: int, length: int, channels: int, n_state: int) -> Tuple[int, ...]:
+    """Shape of the float32 ``states`` tensor :func:`scan_forward` returns with ``save_states=True`` (so a
+    fake/meta implementation can allocate it without running a kernel)."""
+    block_t = _chunk_length(length, _CONFIG)
+    return (batch, 2, _cdiv(length, block_t), channels, n_state)
+
+
+def scan_forward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor],
+                 save_states: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``silu(z) * (y_f + y_b) / 2`` of prepared inputs (see :func:`prepare_inputs`); returns ``(out, states)``
+    where ``states`` (shape :func:`saved_states_shape`, float32) is what :func:`scan_backward` needs, or None
+    without ``save_states``. No autograd: this is the raw kernel launch."""
+    out, states, _ = _forward(tuple(inputs), z, save_states=save_states, config=_CONFIG)
+    if save_states and states is None:  # empty input
+        x_f, A_f = inputs[0], inputs[8]
+        states = torch.zeros(saved_states_shape(x_f.shape[0], x_f.shape[1], x_f.shape[2], A_f.shape[1]),
+                             dtype=torch.float32, device=x_f.device)
+    return out, states
+
+
+def scan_backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], states: torch.Tensor,
+                  dout: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+    """Gradients of :func:`scan_forward`: the 14 inputs' gradients (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f,
+    A_b, D_f, D_b, dt_bias_f, dt_bias_b) then dz (None without z), each in its input's dtype. Bitwise
+    deterministic when ``torch.are_deterministic_algorithms_enabled()``."""
+    inputs = tuple(inputs)
+    x_f = inputs[0]
+    if x_f.numel() == 0 or states.numel() == 0:
+        return tuple(torch.zeros_like(t) for t in inputs) + (torch.zeros_like(z) if z is not None else None,)
+    block_t = _chunk_length(x_f.shape[1], _CONFIG)
+    return tuple(_backward(inputs, z, states, _unit_last_stride(dout), block_t, _CONFIG))
+
+
 class _BidirectionalScanFunction(torch.autograd.Function):
     """Autograd wrapper: forward saves the inputs and the chunk-entry states, backward runs the backward kernel."""
 
     @staticmethod
-    def forward(ctx, config: TritonScanConfig, z: Optional[torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-        out, states, block_t = _forward(inputs, z, save_states=True, config=config)
-        ctx.config, ctx.block_t = config, block_t
-        if states is None:  # empty input: nothing to differentiate
-            states = out.new_zeros(0)
+    def forward(ctx, z: Optional[torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        out, states = scan_forward(inputs, z, save_states=True)
         ctx.save_for_backward(states, z, *inputs)
         return out
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
         states, z, *inputs = ctx.saved_tensors
-        if states.numel() == 0:
-            grads = [torch.zeros_like(t) for t in inputs] + [torch.zeros_like(z) if z is not None else None]
-        else:
-            grads = list(_backward(tuple(inputs), z, states, _unit_last_stride(dout), ctx.block_t, ctx.config))
+        grads = list(scan_backward(tuple(inputs), z, states, dout))
         dz = grads.pop()
-        return (None, dz, *grads)
+        return (dz, *grads)
 
 
 def bidirectional_scan_triton(
@@ -295,14 +332,11 @@ def bidirectional_scan_triton(
     Shapes (token-major): x_*, dt_*, z: (batch, L, E); B_*, C_*: (batch, L, N); A_*: (E, N); D_*, dt_bias_*: (E,).
     Same definition as :func:`vimamba.ops.reference.bidirectional_scan_reference`: per direction
     ``delta = softplus(dt + dt_bias)``, ``h_t = exp(delta_t A) h_prev + delta_t B_t x_t``, ``y_t = C_t . h_t + D x_t``
-    with h_prev the state of token t-1 (forward direction) or t+1 (backward direction).
+    with h_prev the state of token t-1 (forward direction) or t+1 (backward direction). Without grad (no_grad,
+    inference mode, or no input requiring grad) nothing is saved for a backward pass.
     """
-    _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
-    sequences = tuple(_unit_last_stride(t) for t in (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b))
-    parameters = tuple(t.contiguous() for t in (A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b))
-    z_ = _unit_last_stride(z) if z is not None else None
-    inputs = sequences + parameters
-    config = _CONFIG
+    inputs, z_ = prepare_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f,
+                                dt_bias_b, z)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *(() if z_ is None else (z_,)))):
-        return _BidirectionalScanFunction.apply(config, z_, *inputs)
-    return _forward(inputs, z_, save_states=False, config=config)[0]
+        return _BidirectionalScanFunction.apply(z_, *inputs)
+    return scan_forward(inputs, z_, save_states=False)[0]
