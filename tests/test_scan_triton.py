@@ -287,7 +287,7 @@ def test_saves_chunk_states_not_the_full_state(device):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = bidirectional_scan_triton(**inputs)
     full_state_bytes = 2 * batch * length * channels * n_state * 4
-    block_t = triton_scan.current_config().block_t
+    block_t = triton_scan.current_config().checkpoint
     chunk_state_bytes = 2 * batch * -(-length // block_t) * channels * n_state * 4
     assert sum(extra) == chunk_state_bytes < full_state_bytes / 8
     out.sum().backward()  # and the saved tensors suffice for the backward pass
@@ -389,7 +389,7 @@ def test_rejects_bad_inputs():
 
 def test_config_must_use_powers_of_two():
     with pytest.raises(ValueError, match="power of two"):
-        triton_scan.TritonScanConfig(block_t=24)
+        triton_scan.TritonScanConfig(checkpoint=24)
 
 
 @pytest.mark.skipif(INTERPRETED, reason="already running under the interpreter")
