@@ -109,10 +109,10 @@ def _forward_variants(kernels, plans, dtype: str, has_z: bool, channels: int, le
         length * channels, channels, length * channels, channels, length * xproj_stride, xproj_stride,
         length * xproj_stride, xproj_stride,
         length * inproj_stride, inproj_stride, length * channels, channels,
-        length, channels, n_state, plan.n_chunks, plan.n_segments, plan.seg_len,
+        length, channels, n_state, plan.n_chunks, plan.n_segments, plan.seg_len, 1,
     )
     constexprs = dict(HAS_Z=has_z, SAVE_STATES=save and not summary, SEEDED=seeded, SUMMARY=summary,
-                      CK=config.checkpoint, ITEMS=config.items_fwd, BLOCK_E=plan.block_e, BLOCK_N=plan.block_n)
+                      CK=config.checkpoint, BLOCK_E=plan.block_e, BLOCK_N=plan.block_n)
     name = f"fwd {mode} {dtype} {'z' if has_z else 'no-z'} E={channels} L={length}"
     return Variant(name, "bidirectional_scan_fwd_kernel", args, constexprs, config.num_warps_fwd,
                    f"fwd {mode} {dtype} {'z' if has_z else 'no-z'}")

@@ -147,77 +147,110 @@ def _tile_states(delta, x, Bt, A2, h_in, ITEMS: tl.constexpr):
 # Forward
 
 @triton.jit
+def _load_ne(ptr, stride_t, t, t_ok, n_state, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+             ROW_SCALARS: tl.constexpr):
+    """[BLOCK_N, BLOCK_E] broadcast of row t of a (L, N) sequence (B or C): every thread holds the N values.
+
+    ROW_SCALARS (the compiled kernels): N scalar loads from one row address (the same for every lane), placed by
+    ``where`` - the state axis is inside the thread, so each ``where`` is a register move once compiled, and the
+    loads use immediate offsets. Otherwise one tile load (Triton's interpreter, where each op costs the same)."""
+    n = tl.arange(0, BLOCK_N)[:, None]
+    row = ptr + t * stride_t
+    if ROW_SCALARS:
+        tile = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)
+        for i in tl.static_range(BLOCK_N):
+            value = tl.load(row + i, mask=t_ok & (i < n_state), other=0.0).to(tl.float32)
+            tile = tl.where(n == i, value, tile)
+    else:
+        zero_e = tl.zeros([BLOCK_E], dtype=tl.int32)[None, :]
+        tile = tl.load(row + n + zero_e, mask=(n < n_state) & t_ok & (zero_e == 0), other=0.0).to(tl.float32)
+    return tile
+
+
+@triton.jit
 def _forward_direction(
     x_ptr, dt_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, z_ptr, out_ptr, states_ptr, carry_ptr, end_ptr, dsum_ptr,
     stride_x_t, stride_dt_t, stride_B_t, stride_C_t, stride_z_t, stride_out_t,
-    length, n_channels, n_state, n_chunks, seg_first, n_steps, pid_e,
+    length, n_channels, n_state, n_chunks, seg_first, seg_len, pid_e, unit,
     REVERSE: tl.constexpr, COMBINE: tl.constexpr, HAS_Z: tl.constexpr, SAVE_STATES: tl.constexpr,
     SEEDED: tl.constexpr, SUMMARY: tl.constexpr,
-    CK: tl.constexpr, ITEMS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+    CK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ROW_SCALARS: tl.constexpr,
 ):
     """One direction over one segment for one (sequence, channel block); pointers are offset to the sequence
     (states/carry/end/dsum also to the direction and, for carry/end/dsum, the segment).
+
+    Register layout: a thread owns one channel and its N states ([BLOCK_N, BLOCK_E] tiles, channels over the lanes
+    and warps), and walks the tokens one by one: h = a h + b and y += C h are register FMAs, y needs no reduction
+    across threads, softplus is computed once per (token, channel), and nothing is exchanged between threads.
+    The next token's x, dt, B, C are loaded before the current token's math.
 
     SUMMARY: only the state leaving the segment from a zero start and the sum of delta (for the carry pass).
     Otherwise y of every token: COMBINE=False stores y into ``out``; True adds what is there, gates and stores."""
     e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     n = tl.arange(0, BLOCK_N)
     e_ok = e < n_channels
-    A, D, bias, en_ok = _params(A_ptr, D_ptr, bias_ptr, e, n, e_ok, n_state)
-    A2 = A * LOG2E
-    en_offsets = e[:, None] * n_state + n[None, :]
+    ne_ok = (n < n_state)[:, None] & e_ok[None, :]
+    ne_offsets = e[None, :] * n_state + n[:, None] * unit
+    A2 = tl.load(A_ptr + ne_offsets, mask=ne_ok, other=0.0).to(tl.float32) * LOG2E
+    D = tl.load(D_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
     if SEEDED:
-        h = tl.load(carry_ptr + en_offsets, mask=en_ok, other=0.0)
+        h = tl.load(carry_ptr + ne_offsets, mask=ne_ok, other=0.0)
     else:
-        h = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
+        h = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)
     dsum = tl.zeros([BLOCK_E], dtype=tl.float32)
 
-    t = _tile_tokens(seg_first, 0, REVERSE, ITEMS)
+    t = seg_first
     t_ok = (t >= 0) & (t < length)
-    te_ok = t_ok[:, None] & e_ok[None, :]
-    x_next = _load_te(x_ptr, stride_x_t, t, e, te_ok)
-    dt_next = _load_te(dt_ptr, stride_dt_t, t, e, te_ok)
-    for step in range(0, n_steps):
-        pos = step * ITEMS
+    x_next = tl.load(x_ptr + t * stride_x_t + e, mask=e_ok & t_ok, other=0.0)
+    dt_next = tl.load(dt_ptr + t * stride_dt_t + e, mask=e_ok & t_ok, other=0.0)
+    B_next = _load_ne(B_ptr, stride_B_t, t, t_ok, n_state, BLOCK_N, BLOCK_E, ROW_SCALARS)
+    if not SUMMARY:
+        C_next = _load_ne(C_ptr, stride_C_t, t, t_ok, n_state, BLOCK_N, BLOCK_E, ROW_SCALARS)
+    for pos in range(0, seg_len):
+        if REVERSE:
+            t = seg_first - pos
+        else:
+            t = seg_first + pos
         if SAVE_STATES:
             if pos % CK == 0:  # the state entering this checkpoint chunk
-                if REVERSE:
-                    chunk = (seg_first - pos) // CK
-                else:
-                    chunk = (seg_first + pos) // CK
-                tl.store(states_ptr + chunk * n_channels * n_state + en_offsets, h, mask=en_ok & (chunk < n_chunks))
-        t = _tile_tokens(seg_first, pos, REVERSE, ITEMS)
+                chunk = t // CK
+                tl.store(states_ptr + chunk * n_channels * n_state + ne_offsets, h, mask=ne_ok & (chunk < n_chunks))
         t_ok = (t >= 0) & (t < length)
-        te_ok = t_ok[:, None] & e_ok[None, :]
-        x, dt = x_next, dt_next
-        # prefetch the next tile before this tile's math
-        t_n = _tile_tokens(seg_first, pos + ITEMS, REVERSE, ITEMS)
-        tn_ok = (t_n >= 0) & (t_n < length) & (step + 1 < n_steps)
-        x_next = _load_te(x_ptr, stride_x_t, t_n, e, tn_ok[:, None] & e_ok[None, :])
-        dt_next = _load_te(dt_ptr, stride_dt_t, t_n, e, tn_ok[:, None] & e_ok[None, :])
-
-        delta, _ = _delta(dt, bias, te_ok)
-        Bt = _load_tn(B_ptr, stride_B_t, t, t_ok, n_state, BLOCK_E, BLOCK_N)
-        _, _, hs = _tile_states(delta, x, Bt, A2, h, ITEMS)
-        h = _row(hs, ITEMS - 1, ITEMS)  # tokens past the end have decay 1 and drive 0: the state passes through
-        if SUMMARY:
-            dsum += tl.sum(delta, axis=0)
+        te_ok = e_ok & t_ok
+        x = x_next.to(tl.float32)
+        dt = dt_next.to(tl.float32)
+        Bt = B_next
+        # prefetch the next token before this token's math
+        if REVERSE:
+            t_n = t - 1
         else:
-            Ct = _load_tn(C_ptr, stride_C_t, t, t_ok, n_state, BLOCK_E, BLOCK_N)
-            y = tl.sum(hs * Ct, axis=2) + D[None, :] * x
-            out_offsets = t[:, None] * stride_out_t + e[None, :]
+            t_n = t + 1
+        tn_ok = (t_n >= 0) & (t_n < length) & (pos + 1 < seg_len)
+        x_next = tl.load(x_ptr + t_n * stride_x_t + e, mask=e_ok & tn_ok, other=0.0)
+        dt_next = tl.load(dt_ptr + t_n * stride_dt_t + e, mask=e_ok & tn_ok, other=0.0)
+        B_next = _load_ne(B_ptr, stride_B_t, t_n, tn_ok, n_state, BLOCK_N, BLOCK_E, ROW_SCALARS)
+
+        delta = tl.where(te_ok, _softplus(dt + bias), 0.0)  # 0 past the end: decay 1, drive 0
+        h = tl.exp2(A2 * delta[None, :]) * h + Bt * (delta * x)[None, :]
+        if SUMMARY:
+            dsum += delta
+        else:
+            Ct = C_next
+            C_next = _load_ne(C_ptr, stride_C_t, t_n, tn_ok, n_state, BLOCK_N, BLOCK_E, ROW_SCALARS)
+            y = tl.sum(h * Ct, axis=0) + D * x
             if COMBINE:
-                y = (y + tl.load(out_ptr + out_offsets, mask=te_ok, other=0.0).to(tl.float32)) * 0.5
+                y = (y + tl.load(out_ptr + t * stride_out_t + e, mask=te_ok, other=0.0).to(tl.float32)) * 0.5
                 if HAS_Z:
-                    zt = _load_te(z_ptr, stride_z_t, t, e, te_ok)
+                    zt = tl.load(z_ptr + t * stride_z_t + e, mask=te_ok, other=0.0).to(tl.float32)
                     y = y * zt * _sigmoid(zt)
-            tl.store(out_ptr + out_offsets, y.to(out_ptr.dtype.element_ty), mask=te_ok)
+            tl.store(out_ptr + t * stride_out_t + e, y.to(out_ptr.dtype.element_ty), mask=te_ok)
     if SUMMARY:
-        tl.store(end_ptr + en_offsets, h, mask=en_ok)
+        tl.store(end_ptr + ne_offsets, h, mask=ne_ok)
         tl.store(dsum_ptr + e, dsum, mask=e_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["unit"])
 def bidirectional_scan_fwd_kernel(
     x_f_ptr, dt_f_ptr, B_f_ptr, C_f_ptr, A_f_ptr, D_f_ptr, bias_f_ptr,
     x_b_ptr, dt_b_ptr, B_b_ptr, C_b_ptr, A_b_ptr, D_b_ptr, bias_b_ptr,
@@ -225,20 +258,19 @@ def bidirectional_scan_fwd_kernel(
     stride_x_f_b, stride_x_f_t, stride_dt_f_b, stride_dt_f_t, stride_B_f_b, stride_B_f_t, stride_C_f_b, stride_C_f_t,
     stride_x_b_b, stride_x_b_t, stride_dt_b_b, stride_dt_b_t, stride_B_b_b, stride_B_b_t, stride_C_b_b, stride_C_b_t,
     stride_z_b, stride_z_t, stride_out_b, stride_out_t,
-    length, n_channels, n_state, n_chunks, n_segments, seg_len,
+    length, n_channels, n_state, n_chunks, n_segments, seg_len, unit,
     HAS_Z: tl.constexpr, SAVE_STATES: tl.constexpr, SEEDED: tl.constexpr, SUMMARY: tl.constexpr,
-    CK: tl.constexpr, ITEMS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+    CK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ROW_SCALARS: tl.constexpr = True,
 ):
     """out = silu(z) * (y_f + y_b) / 2 (or, SUMMARY, the segments' end states); grid (segments, E blocks, batch).
 
     ``states``: (batch, 2, n_chunks, E, N) float32 checkpoints (SAVE_STATES); ``carry``/``end``: (batch, 2,
     segments, E, N) float32 states entering / leaving (from zero) each segment; ``dsum``: (batch, 2, segments, E)
-    float32 sums of delta. ``seg_len`` is a multiple of CK, itself a multiple of ITEMS."""
+    float32 sums of delta. ``seg_len`` is a multiple of CK; ``unit`` must be 1."""
     pid_s = tl.program_id(0)
     pid_e = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     first = pid_s * seg_len
-    n_steps = seg_len // ITEMS
     states_f = states_ptr + (pid_b * 2) * n_chunks * n_channels * n_state
     states_b = states_f + n_chunks * n_channels * n_state
     seg_f = ((pid_b * 2) * n_segments + pid_s) * n_channels
@@ -250,18 +282,18 @@ def bidirectional_scan_fwd_kernel(
         C_f_ptr + pid_b * stride_C_f_b, A_f_ptr, D_f_ptr, bias_f_ptr, z_b, out_b, states_f,
         carry_ptr + seg_f * n_state, end_ptr + seg_f * n_state, dsum_ptr + seg_f,
         stride_x_f_t, stride_dt_f_t, stride_B_f_t, stride_C_f_t, stride_z_t, stride_out_t,
-        length, n_channels, n_state, n_chunks, first, n_steps, pid_e,
-        False, False, HAS_Z, SAVE_STATES, SEEDED, SUMMARY, CK, ITEMS, BLOCK_E, BLOCK_N,
+        length, n_channels, n_state, n_chunks, first, seg_len, pid_e, unit,
+        False, False, HAS_Z, SAVE_STATES, SEEDED, SUMMARY, CK, BLOCK_E, BLOCK_N, ROW_SCALARS,
     )
     if not SUMMARY:
-        tl.debug_barrier()  # the backward direction reads what other threads of this program stored into out
+        tl.debug_barrier()  # the backward direction reads what the forward direction stored into out
     _forward_direction(
         x_b_ptr + pid_b * stride_x_b_b, dt_b_ptr + pid_b * stride_dt_b_b, B_b_ptr + pid_b * stride_B_b_b,
         C_b_ptr + pid_b * stride_C_b_b, A_b_ptr, D_b_ptr, bias_b_ptr, z_b, out_b, states_b,
         carry_ptr + seg_b * n_state, end_ptr + seg_b * n_state, dsum_ptr + seg_b,
         stride_x_b_t, stride_dt_b_t, stride_B_b_t, stride_C_b_t, stride_z_t, stride_out_t,
-        length, n_channels, n_state, n_chunks, first + seg_len - 1, n_steps, pid_e,
-        True, True, HAS_Z, SAVE_STATES, SEEDED, SUMMARY, CK, ITEMS, BLOCK_E, BLOCK_N,
+        length, n_channels, n_state, n_chunks, first + seg_len - 1, seg_len, pid_e, unit,
+        True, True, HAS_Z, SAVE_STATES, SEEDED, SUMMARY, CK, BLOCK_E, BLOCK_N, ROW_SCALARS,
     )
 
 

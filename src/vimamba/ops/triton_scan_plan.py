@@ -6,6 +6,7 @@ kernel variant these plans can choose on machines without a GPU (and without tor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 __all__ = ["TritonScanConfig", "ForwardPlan", "BackwardPlan", "forward_plan", "backward_plan"]
 
@@ -20,28 +21,30 @@ class TritonScanConfig:
     (each one float32 dB/dC partial of (batch, L, N)). Not yet tuned on a GPU: ``benchmarks/scan_triton.py
     --sweep`` does that."""
 
-    items_fwd: int = 4
     items_bwd: int = 4
-    block_e_fwd: int = 16
+    block_e_fwd: int = 32
     block_e_bwd: int = 8
-    num_warps_fwd: int = 2
+    num_warps_fwd: int = 1
     num_warps_bwd: int = 1
     checkpoint: int = 32
     min_programs: int = 0
     max_bwd_groups: int = 8
+    row_scalars: Optional[bool] = None  # B/C rows as N scalar loads (None: yes when compiled, no interpreted)
 
     def __post_init__(self) -> None:
-        for name in ("items_fwd", "items_bwd", "block_e_fwd", "block_e_bwd", "num_warps_fwd", "num_warps_bwd",
+        for name in ("items_bwd", "block_e_fwd", "block_e_bwd", "num_warps_fwd", "num_warps_bwd",
                      "checkpoint"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"TritonScanConfig.{name} must be a power of two, got {value}")
-        if self.checkpoint % max(self.items_fwd, self.items_bwd):
-            raise ValueError("TritonScanConfig.checkpoint must be a multiple of items_fwd and items_bwd")
-        for block, warps in ((self.block_e_fwd, self.num_warps_fwd), (self.block_e_bwd, self.num_warps_bwd)):
-            if block % (8 * warps):
-                raise ValueError(f"TritonScanConfig: a channel block of {block} does not fill {warps} warps "
-                                 f"(needs a multiple of 8 x num_warps)")
+        if self.checkpoint % self.items_bwd:
+            raise ValueError("TritonScanConfig.checkpoint must be a multiple of items_bwd")
+        if self.block_e_fwd % (32 * self.num_warps_fwd):
+            raise ValueError(f"TritonScanConfig: the forward's channel block ({self.block_e_fwd}) must be a multiple "
+                             f"of 32 x num_warps_fwd (one channel per thread)")
+        if self.block_e_bwd % (8 * self.num_warps_bwd):
+            raise ValueError(f"TritonScanConfig: the backward's channel block ({self.block_e_bwd}) must be a "
+                             f"multiple of 8 x num_warps_bwd")
         if self.min_programs < 0 or self.max_bwd_groups < 1:
             raise ValueError("TritonScanConfig.min_programs must be >= 0 and max_bwd_groups >= 1")
 
@@ -79,7 +82,7 @@ def forward_plan(batch: int, length: int, channels: int, n_state: int, target_pr
     e_blocks = _cdiv(channels, config.block_e_fwd)
     programs = batch * e_blocks
     wanted = 1 if programs >= target_programs else min(n_chunks, _cdiv(target_programs, programs))
-    seg_chunks = _cdiv(n_chunks, wanted)
+    seg_chunks = max(1, n_chunks // wanted)  # round down: at least `wanted` segments
     n_segments = _cdiv(n_chunks, seg_chunks)
     return ForwardPlan(n_chunks, n_segments, seg_chunks * config.checkpoint, e_blocks, config.block_e_fwd,
                        _state_block(n_state))
