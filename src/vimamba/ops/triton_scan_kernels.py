@@ -182,7 +182,8 @@ def _forward_direction(
     Register layout: a thread owns one channel and its N states ([BLOCK_N, BLOCK_E] tiles, channels over the lanes
     and warps), and walks the tokens one by one: h = a h + b and y += C h are register FMAs, y needs no reduction
     across threads, softplus is computed once per (token, channel), and nothing is exchanged between threads.
-    The next token's x, dt, B, C are loaded before the current token's math.
+    The next token's x and dt (the streams from HBM) are loaded before the current token's math; B and C rows
+    are shared by all channel blocks of a sequence (L1/L2 hits) and loaded where they are used.
 
     SUMMARY: only the state leaving the segment from a zero start and the sum of delta (for the carry pass).
     Otherwise y of every token: COMBINE=False stores y into ``out``; True adds what is there, gates and stores."""
@@ -204,9 +205,6 @@ def _forward_direction(
     t_ok = (t >= 0) & (t < length)
     x_next = tl.load(x_ptr + t * stride_x_t + e, mask=e_ok & t_ok, other=0.0)
     dt_next = tl.load(dt_ptr + t * stride_dt_t + e, mask=e_ok & t_ok, other=0.0)
-    B_next = _load_ne(B_ptr, stride_B_t, t, t_ok, n_state, BLOCK_N, BLOCK_E, ROW_SCALARS)
-    if not SUMMARY:
-        C_next = _load_ne(C_ptr, stride_C_t, t, t_ok, n_state, BLOCK_N, BLOCK_E, ROW_SCALARS)
     for pos in range(0, seg_len):
         if REVERSE:
             t = seg_first - pos
@@ -220,8 +218,7 @@ def _forward_direction(
         te_ok = e_ok & t_ok
         x = x_next.to(tl.float32)
         dt = dt_next.to(tl.float32)
-        Bt = B_next
-        # prefetch the next token before this token's math
+        # prefetch the next token's x and dt before this token's math
         if REVERSE:
             t_n = t - 1
         else:
@@ -229,15 +226,14 @@ def _forward_direction(
         tn_ok = (t_n >= 0) & (t_n < length) & (pos + 1 < seg_len)
         x_next = tl.load(x_ptr + t_n * stride_x_t + e, mask=e_ok & tn_ok, other=0.0)
         dt_next = tl.load(dt_ptr + t_n * stride_dt_t + e, mask=e_ok & tn_ok, other=0.0)
-        B_next = _load_ne(B_ptr, stride_B_t, t_n, tn_ok, n_state, BLOCK_N, BLOCK_E, ROW_SCALARS)
+        Bt = _load_ne(B_ptr, stride_B_t, t, t_ok, n_state, BLOCK_N, BLOCK_E, ROW_SCALARS)
 
         delta = tl.where(te_ok, _softplus(dt + bias), 0.0)  # 0 past the end: decay 1, drive 0
         h = tl.exp2(A2 * delta[None, :]) * h + Bt * (delta * x)[None, :]
         if SUMMARY:
             dsum += delta
         else:
-            Ct = C_next
-            C_next = _load_ne(C_ptr, stride_C_t, t_n, tn_ok, n_state, BLOCK_N, BLOCK_E, ROW_SCALARS)
+            Ct = _load_ne(C_ptr, stride_C_t, t, t_ok, n_state, BLOCK_N, BLOCK_E, ROW_SCALARS)
             y = tl.sum(h * Ct, axis=0) + D * x
             if COMBINE:
                 y = (y + tl.load(out_ptr + t * stride_out_t + e, mask=te_ok, other=0.0).to(tl.float32)) * 0.5
