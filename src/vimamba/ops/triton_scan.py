@@ -5,19 +5,19 @@
 
     out = silu(z) * (scan_forward(x_f) + scan_backward(x_b)) / 2
 
-computed by one forward kernel (both directions per program, output written once) and one backward kernel
-(chunks walked in reverse from saved chunk-entry states); see :mod:`vimamba.ops.triton_scan_kernels` for the
-algorithm. Inputs stay in the token-major layout the projections produce, (batch, L, E) and (batch, L, N), any
-strides with a unit last stride (others are copied once); float32, bfloat16 and float16 are read as they are, the
-state and all arithmetic are float32, the output has the dtype of ``x_f`` and every gradient the dtype of its input.
+computed by one forward kernel (both directions per program over the same tokens, output written once; sequences
+cut into segments chained by a carry pass when the batch alone would not fill the GPU) and one backward kernel
+(checkpoint chunks walked against the scan, recomputed from saved states); see
+:mod:`vimamba.ops.triton_scan_kernels` for the algorithm and docs/kernels.md for the design. Inputs stay in the
+token-major layout the projections produce, (batch, L, E) and (batch, L, N), any strides with a unit last stride
+(others are copied once); float32, bfloat16 and float16 are read as they are, the state and all arithmetic are
+float32, the output has the dtype of ``x_f`` and every gradient the dtype of its input.
 
-Memory kept for backward: the inputs plus the state entering every chunk, (batch, 2, ceil(L / block_t), E, N)
-float32 - with N = 16 and block_t = 32 that is one float32 (batch, L, E) tensor for both directions, where the full
-state would be 32 of them.
+Memory kept for backward: the inputs plus the state entering every 32-token checkpoint chunk,
+(batch, 2, ceil(L / 32), E, N) float32 (:func:`saved_states_shape`); nothing without autograd.
 
-Gradients of B and C are summed over channel blocks with float32 atomics (fast, order not reproducible); under
-``torch.use_deterministic_algorithms(True)`` each block writes its own partial buffer and the host sums them in a
-fixed order instead.
+Gradients are bitwise deterministic: dB and dC are summed over channel blocks in a fixed order into at most
+``max_bwd_groups`` float32 partials, without atomics.
 
 The kernels need a CUDA device, or Triton's CPU interpreter (``TRITON_INTERPRET=1`` set before this module is
 imported, which is how the tests run them without a GPU; slow, for testing only).
@@ -25,7 +25,6 @@ imported, which is how the tests run them without a GPU; slow, for testing only)
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
 import torch
