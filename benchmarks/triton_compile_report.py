@@ -109,7 +109,7 @@ def _forward_variants(kernels, plans, dtype: str, has_z: bool, channels: int, le
         length * channels, channels, length * channels, channels, length * xproj_stride, xproj_stride,
         length * xproj_stride, xproj_stride,
         length * inproj_stride, inproj_stride, length * channels, channels,
-        length, channels, n_state, plan.n_chunks, plan.n_segments, plan.seg_len, 1,
+        length, channels, n_state, plan.n_chunks, plan.n_segments, plan.seg_len,
     )
     constexprs = dict(HAS_Z=has_z, SAVE_STATES=save and not summary, SEEDED=seeded, SUMMARY=summary,
                       CK=config.checkpoint, BLOCK_E=plan.block_e, BLOCK_N=plan.block_n)

@@ -167,7 +167,7 @@ def _forward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], save_s
             z_arg, out, states if states is not None else out, carry, end, dsum,
             *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
             z_arg.stride(0), z_arg.stride(1), out.stride(0), out.stride(1),
-            length, channels, n_state, plan.n_chunks, plan.n_segments, plan.seg_len, 1,
+            length, channels, n_state, plan.n_chunks, plan.n_segments, plan.seg_len,
             HAS_Z=z is not None, SAVE_STATES=save_states and not summary, SEEDED=seeded and not summary,
             SUMMARY=summary, CK=config.checkpoint, BLOCK_E=plan.block_e,
             ROW_SCALARS=not INTERPRETED if config.row_scalars is None else config.row_scalars,

@@ -168,10 +168,32 @@ def _load_ne(ptr, stride_t, t, t_ok, n_state, BLOCK_N: tl.constexpr, BLOCK_E: tl
 
 
 @triton.jit
+def _load_ne_rows(ptr, e, e_ok, n_state, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
+    """[BLOCK_N, BLOCK_E] float32 tile of an (E, N) array (A, a state), built from one [BLOCK_E] load per state.
+    A 2D load would let the compiler choose the tile's layout (Triton 3.6 then lays N over the lanes); this way the
+    tile gets the default layout, channels over the lanes and the N states inside each thread."""
+    n = tl.arange(0, BLOCK_N)[:, None]
+    tile = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)
+    for i in tl.static_range(BLOCK_N):
+        row = tl.load(ptr + e * n_state + i, mask=e_ok & (i < n_state), other=0.0).to(tl.float32)
+        tile = tl.where(n == i, row[None, :], tile)
+    return tile
+
+
+@triton.jit
+def _store_ne_rows(ptr, tile, e, mask, n_state, BLOCK_N: tl.constexpr):
+    """Store a [BLOCK_N, BLOCK_E] tile into an (E, N) float32 array, one [BLOCK_E] store per state."""
+    n = tl.arange(0, BLOCK_N)[:, None]
+    for i in tl.static_range(BLOCK_N):
+        row = tl.sum(tl.where(n == i, tile, -0.0), axis=0)
+        tl.store(ptr + e * n_state + i, row, mask=mask & (i < n_state))
+
+
+@triton.jit
 def _forward_direction(
     x_ptr, dt_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, z_ptr, out_ptr, states_ptr, carry_ptr, end_ptr, dsum_ptr,
     stride_x_t, stride_dt_t, stride_B_t, stride_C_t, stride_z_t, stride_out_t,
-    length, n_channels, n_state, n_chunks, seg_first, seg_len, pid_e, unit,
+    length, n_channels, n_state, n_chunks, seg_first, seg_len, pid_e,
     REVERSE: tl.constexpr, COMBINE: tl.constexpr, HAS_Z: tl.constexpr, SAVE_STATES: tl.constexpr,
     SEEDED: tl.constexpr, SUMMARY: tl.constexpr,
     CK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ROW_SCALARS: tl.constexpr,
@@ -190,13 +212,11 @@ def _forward_direction(
     e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     n = tl.arange(0, BLOCK_N)
     e_ok = e < n_channels
-    ne_ok = (n < n_state)[:, None] & e_ok[None, :]
-    ne_offsets = e[None, :] * n_state + n[:, None] * unit
-    A2 = tl.load(A_ptr + ne_offsets, mask=ne_ok, other=0.0).to(tl.float32) * LOG2E
+    A2 = _load_ne_rows(A_ptr, e, e_ok, n_state, BLOCK_N, BLOCK_E) * LOG2E
     D = tl.load(D_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
     bias = tl.load(bias_ptr + e, mask=e_ok, other=0.0).to(tl.float32)
     if SEEDED:
-        h = tl.load(carry_ptr + ne_offsets, mask=ne_ok, other=0.0)
+        h = _load_ne_rows(carry_ptr, e, e_ok, n_state, BLOCK_N, BLOCK_E)
     else:
         h = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)
     dsum = tl.zeros([BLOCK_E], dtype=tl.float32)
@@ -213,7 +233,8 @@ def _forward_direction(
         if SAVE_STATES:
             if pos % CK == 0:  # the state entering this checkpoint chunk
                 chunk = t // CK
-                tl.store(states_ptr + chunk * n_channels * n_state + ne_offsets, h, mask=ne_ok & (chunk < n_chunks))
+                _store_ne_rows(states_ptr + chunk * n_channels * n_state, h, e, e_ok & (chunk < n_chunks), n_state,
+                               BLOCK_N)
         t_ok = (t >= 0) & (t < length)
         te_ok = e_ok & t_ok
         x = x_next.to(tl.float32)
@@ -242,11 +263,11 @@ def _forward_direction(
                     y = y * zt * _sigmoid(zt)
             tl.store(out_ptr + t * stride_out_t + e, y.to(out_ptr.dtype.element_ty), mask=te_ok)
     if SUMMARY:
-        tl.store(end_ptr + ne_offsets, h, mask=ne_ok)
+        _store_ne_rows(end_ptr, h, e, e_ok, n_state, BLOCK_N)
         tl.store(dsum_ptr + e, dsum, mask=e_ok)
 
 
-@triton.jit(do_not_specialize=["unit"])
+@triton.jit
 def bidirectional_scan_fwd_kernel(
     x_f_ptr, dt_f_ptr, B_f_ptr, C_f_ptr, A_f_ptr, D_f_ptr, bias_f_ptr,
     x_b_ptr, dt_b_ptr, B_b_ptr, C_b_ptr, A_b_ptr, D_b_ptr, bias_b_ptr,
@@ -254,7 +275,7 @@ def bidirectional_scan_fwd_kernel(
     stride_x_f_b, stride_x_f_t, stride_dt_f_b, stride_dt_f_t, stride_B_f_b, stride_B_f_t, stride_C_f_b, stride_C_f_t,
     stride_x_b_b, stride_x_b_t, stride_dt_b_b, stride_dt_b_t, stride_B_b_b, stride_B_b_t, stride_C_b_b, stride_C_b_t,
     stride_z_b, stride_z_t, stride_out_b, stride_out_t,
-    length, n_channels, n_state, n_chunks, n_segments, seg_len, unit,
+    length, n_channels, n_state, n_chunks, n_segments, seg_len,
     HAS_Z: tl.constexpr, SAVE_STATES: tl.constexpr, SEEDED: tl.constexpr, SUMMARY: tl.constexpr,
     CK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ROW_SCALARS: tl.constexpr = True,
 ):
@@ -262,7 +283,7 @@ def bidirectional_scan_fwd_kernel(
 
     ``states``: (batch, 2, n_chunks, E, N) float32 checkpoints (SAVE_STATES); ``carry``/``end``: (batch, 2,
     segments, E, N) float32 states entering / leaving (from zero) each segment; ``dsum``: (batch, 2, segments, E)
-    float32 sums of delta. ``seg_len`` is a multiple of CK; ``unit`` must be 1."""
+    float32 sums of delta. ``seg_len`` is a multiple of CK."""
     pid_s = tl.program_id(0)
     pid_e = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -278,7 +299,7 @@ def bidirectional_scan_fwd_kernel(
         C_f_ptr + pid_b * stride_C_f_b, A_f_ptr, D_f_ptr, bias_f_ptr, z_b, out_b, states_f,
         carry_ptr + seg_f * n_state, end_ptr + seg_f * n_state, dsum_ptr + seg_f,
         stride_x_f_t, stride_dt_f_t, stride_B_f_t, stride_C_f_t, stride_z_t, stride_out_t,
-        length, n_channels, n_state, n_chunks, first, seg_len, pid_e, unit,
+        length, n_channels, n_state, n_chunks, first, seg_len, pid_e,
         False, False, HAS_Z, SAVE_STATES, SEEDED, SUMMARY, CK, BLOCK_E, BLOCK_N, ROW_SCALARS,
     )
     if not SUMMARY:
@@ -288,7 +309,7 @@ def bidirectional_scan_fwd_kernel(
         C_b_ptr + pid_b * stride_C_b_b, A_b_ptr, D_b_ptr, bias_b_ptr, z_b, out_b, states_b,
         carry_ptr + seg_b * n_state, end_ptr + seg_b * n_state, dsum_ptr + seg_b,
         stride_x_b_t, stride_dt_b_t, stride_B_b_t, stride_C_b_t, stride_z_t, stride_out_t,
-        length, n_channels, n_state, n_chunks, first + seg_len - 1, seg_len, pid_e, unit,
+        length, n_channels, n_state, n_chunks, first + seg_len - 1, seg_len, pid_e,
         True, True, HAS_Z, SAVE_STATES, SEEDED, SUMMARY, CK, BLOCK_E, BLOCK_N, ROW_SCALARS,
     )
 
