@@ -177,9 +177,13 @@ def sweep(args) -> None:
     for batch, length in args.shapes:
         inputs = make_inputs(batch, length, args.channels, args.state, dtype, args.device, requires_grad=True)
         results: List[Tuple[float, float, TritonScanConfig]] = []
-        for block_t, block_e, warps in itertools.product((16, 32, 64), (4, 8, 16, 32), (2, 4, 8)):
-            config = TritonScanConfig(block_t=block_t, block_e_fwd=block_e, block_e_bwd=block_e,
-                                      num_warps_fwd=warps, num_warps_bwd=warps)
+        candidates = []
+        for warps_f, min_programs in itertools.product((1, 2, 4), (0, 1)):
+            for checkpoint, (block_e_b, warps_b) in itertools.product((16, 32, 64), ((8, 1), (16, 1), (16, 2))):
+                candidates.append(TritonScanConfig(block_e_fwd=32 * warps_f, num_warps_fwd=warps_f,
+                                                   min_programs=min_programs, checkpoint=checkpoint,
+                                                   block_e_bwd=block_e_b, num_warps_bwd=warps_b))
+        for config in candidates:
             with use_config(config):
                 try:
                     fwd = median_seconds(run_call("triton", inputs, False), 2, args.reps, args.device)
@@ -188,7 +192,7 @@ def sweep(args) -> None:
                     print(f"  {config}: {type(error).__name__}")
                     continue
             results.append((fwd, both, config))
-            print(f"  {batch}x{length} t={block_t} e={block_e} warps={warps}: fwd {fwd * 1e3:.3f} ms, "
+            print(f"  {batch}x{length} {config}: fwd {fwd * 1e3:.3f} ms, "
                   f"fwd+bwd {both * 1e3:.3f} ms", flush=True)
         if results:
             best_fwd = min(results, key=lambda r: r[0])

@@ -5,19 +5,19 @@
 
     out = silu(z) * (scan_forward(x_f) + scan_backward(x_b)) / 2
 
-computed by one forward kernel (both directions per program, output written once) and one backward kernel
-(chunks walked in reverse from saved chunk-entry states); see :mod:`vimamba.ops.triton_scan_kernels` for the
-algorithm. Inputs stay in the token-major layout the projections produce, (batch, L, E) and (batch, L, N), any
-strides with a unit last stride (others are copied once); float32, bfloat16 and float16 are read as they are, the
-state and all arithmetic are float32, the output has the dtype of ``x_f`` and every gradient the dtype of its input.
+computed by one forward kernel (both directions per program over the same tokens, output written once; sequences
+cut into segments chained by a carry pass when the batch alone would not fill the GPU) and one backward kernel
+(checkpoint chunks walked against the scan, recomputed from saved states); see
+:mod:`vimamba.ops.triton_scan_kernels` for the algorithm and docs/kernels.md for the design. Inputs stay in the
+token-major layout the projections produce, (batch, L, E) and (batch, L, N), any strides with a unit last stride
+(others are copied once); float32, bfloat16 and float16 are read as they are, the state and all arithmetic are
+float32, the output has the dtype of ``x_f`` and every gradient the dtype of its input.
 
-Memory kept for backward: the inputs plus the state entering every chunk, (batch, 2, ceil(L / block_t), E, N)
-float32 - with N = 16 and block_t = 32 that is one float32 (batch, L, E) tensor for both directions, where the full
-state would be 32 of them.
+Memory kept for backward: the inputs plus the state entering every 32-token checkpoint chunk,
+(batch, 2, ceil(L / 32), E, N) float32 (:func:`saved_states_shape`); nothing without autograd.
 
-Gradients of B and C are summed over channel blocks with float32 atomics (fast, order not reproducible); under
-``torch.use_deterministic_algorithms(True)`` each block writes its own partial buffer and the host sums them in a
-fixed order instead.
+Gradients are bitwise deterministic: dB and dC are summed over channel blocks in a fixed order into at most
+``max_bwd_groups`` float32 partials, without atomics.
 
 The kernels need a CUDA device, or Triton's CPU interpreter (``TRITON_INTERPRET=1`` set before this module is
 imported, which is how the tests run them without a GPU; slow, for testing only).
@@ -25,7 +25,6 @@ imported, which is how the tests run them without a GPU; slow, for testing only)
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
 import torch
@@ -37,9 +36,11 @@ except ImportError:  # CPU-only torch wheels ship without Triton
 
 if triton is not None:
     from . import triton_scan_kernels as _kernels
+from .triton_scan_plan import (BackwardPlan, ForwardPlan, TritonScanConfig, _cdiv, backward_plan,  # noqa: F401
+                               forward_plan)
 
 __all__ = ["bidirectional_scan_triton", "is_available", "INTERPRETED", "TritonScanConfig", "use_config",
-           "current_config"]
+           "current_config", "prepare_inputs", "scan_forward", "scan_backward", "saved_states_shape"]
 
 #: True when the kernels run in Triton's CPU interpreter: Triton decides this from ``TRITON_INTERPRET`` when a
 #: kernel is decorated, i.e. when this module is imported.
@@ -54,25 +55,6 @@ def is_available() -> bool:
     return triton is not None and (INTERPRETED or torch.cuda.is_available())
 
 
-@dataclass(frozen=True)
-class TritonScanConfig:
-    """Launch parameters (powers of two). ``block_t`` is both the chunk of tokens scanned in parallel and the
-    checkpoint interval of the backward pass; the per-program tile is block_t x block_e x next_pow2(N) float32.
-    The defaults are a first guess, not yet tuned on a GPU (``benchmarks/scan_triton.py --sweep`` does that)."""
-
-    block_t: int = 32
-    block_e_fwd: int = 16
-    block_e_bwd: int = 8
-    num_warps_fwd: int = 4
-    num_warps_bwd: int = 4
-
-    def __post_init__(self) -> None:
-        for name in ("block_t", "block_e_fwd", "block_e_bwd", "num_warps_fwd", "num_warps_bwd"):
-            value = getattr(self, name)
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"TritonScanConfig.{name} must be a power of two, got {value}")
-
-
 _CONFIG = TritonScanConfig()
 
 
@@ -83,7 +65,7 @@ def current_config() -> TritonScanConfig:
 
 @contextlib.contextmanager
 def use_config(config: TritonScanConfig) -> Iterator[TritonScanConfig]:
-    """Run the Triton scan with other launch parameters inside a ``with`` block (benchmark sweeps)."""
+    """Run the Triton scan with other launch parameters inside a ``with`` block (benchmark sweeps, tests)."""
     global _CONFIG
     previous, _CONFIG = _CONFIG, config
     try:
@@ -92,22 +74,12 @@ def use_config(config: TritonScanConfig) -> Iterator[TritonScanConfig]:
         _CONFIG = previous
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _chunk_length(length: int, config: TritonScanConfig) -> int:
-    """Tokens per chunk: the configured block, smaller for short sequences (at least 16 for the GPU's sake)."""
-    return min(config.block_t, max(16, _next_power_of_2(length)))
-
-
-def _channel_block(block_e: int, block_n: int) -> int:
-    """Channels per program, fewer when the state is wider than 16 so the tile stays the same size."""
-    return max(1, min(block_e, block_e * 16 // block_n))
+def _target_programs(device: torch.device, config: TritonScanConfig) -> int:
+    if config.min_programs:
+        return config.min_programs
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 1  # the interpreter: no reason to split
 
 
 def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
@@ -165,80 +137,93 @@ def _direction_args(x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch
 
 
 def _forward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], save_states: bool,
-             config: TritonScanConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor], int]:
-    """Launch the forward kernel. Returns (out, chunk-entry states or None, block_t)."""
+             config: TritonScanConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Launch the forward pass (with a summary and a carry pass first when sequences are split into segments).
+    Returns (out, checkpoint states or None)."""
     x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b = inputs
     batch, length, channels = x_f.shape
     n_state = A_f.shape[1]
-    block_t = _chunk_length(length, config)
-    block_n = _next_power_of_2(n_state)
-    block_e = _channel_block(config.block_e_fwd, block_n)
-    n_chunks = _cdiv(length, block_t)
-    out = torch.empty((batch, length, channels), dtype=x_f.dtype, device=x_f.device)
-    if out.numel() == 0:
-        return out.zero_(), None, block_t
-    workspace = torch.empty((batch, length, channels), dtype=torch.float32, device=x_f.device)
-    states = (torch.empty((batch, 2, n_chunks, channels, n_state), dtype=torch.float32, device=x_f.device)
+    device, f32 = x_f.device, torch.float32
+    out = torch.empty((batch, length, channels), dtype=x_f.dtype, device=device)
+    plan = forward_plan(batch, length, channels, n_state, _target_programs(device, config), config)
+    states = (torch.empty((batch, 2, plan.n_chunks, channels, n_state), dtype=f32, device=device)
               if save_states else None)
+    if out.numel() == 0:
+        return out.zero_(), (states.zero_() if states is not None else None)
+    seeded = plan.n_segments > 1
+    if seeded:
+        seg_shape = (batch, 2, plan.n_segments, channels)
+        end, carry = (torch.empty(seg_shape + (n_state,), dtype=f32, device=device) for _ in range(2))
+        dsum = torch.empty(seg_shape, dtype=f32, device=device)
+    else:
+        end = carry = dsum = out  # never touched
     z_arg = z if z is not None else x_f  # never read without z
-    grid = (_cdiv(channels, block_e), batch)
-    with _on_device(x_f.device):
+    grid = (plan.n_segments, plan.e_blocks, batch)
+
+    def launch(summary: bool) -> None:
         _kernels.bidirectional_scan_fwd_kernel[grid](
             x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
             x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
-            z_arg, out, workspace, states if states is not None else workspace,
+            z_arg, out, states if states is not None else out, carry, end, dsum,
             *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
             z_arg.stride(0), z_arg.stride(1), out.stride(0), out.stride(1),
-            length, channels, n_state, n_chunks,
-            HAS_Z=z is not None, SAVE_STATES=save_states, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_N=block_n,
-            num_warps=config.num_warps_fwd,
+            length, channels, n_state, plan.n_chunks, plan.n_segments, plan.seg_len,
+            HAS_Z=z is not None, SAVE_STATES=save_states and not summary, SEEDED=seeded and not summary,
+            SUMMARY=summary, CK=config.checkpoint, BLOCK_E=plan.block_e,
+            ROW_SCALARS=not INTERPRETED if config.row_scalars is None else config.row_scalars,
+            BLOCK_N=plan.block_n, num_warps=config.num_warps_fwd,
         )
-    return out, states, block_t
+
+    with _on_device(device):
+        if seeded:
+            launch(summary=True)
+            _kernels.segment_carry_kernel[(_cdiv(channels, 16), batch, 2)](
+                A_f, A_b, end, dsum, carry, channels, n_state, plan.n_segments,
+                BLOCK_E=16, BLOCK_N=plan.block_n, num_warps=2,
+            )
+        launch(summary=False)
+    return out, states
 
 
 def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], states: torch.Tensor,
-              dout: torch.Tensor, block_t: int, config: TritonScanConfig) -> Tuple[Optional[torch.Tensor], ...]:
+              dout: torch.Tensor, config: TritonScanConfig) -> Tuple[Optional[torch.Tensor], ...]:
     """Launch the backward kernel. Returns the gradients of (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b,
     D_f, D_b, dt_bias_f, dt_bias_b, z)."""
     x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b = inputs
     batch, length, channels = x_f.shape
     n_state = A_f.shape[1]
     device, f32 = x_f.device, torch.float32
-    block_n = _next_power_of_2(n_state)
-    block_e = _channel_block(config.block_e_bwd, block_n)
     n_chunks = states.shape[2]
-    e_blocks = _cdiv(channels, block_e)
-    atomic = not torch.are_deterministic_algorithms_enabled()
-    bc_blocks = 1 if atomic else e_blocks
+    plan = backward_plan(batch, channels, n_state, _target_programs(device, config), config)
 
     def token_grad(like: torch.Tensor) -> torch.Tensor:
         return torch.empty((batch, length, channels), dtype=like.dtype, device=device)
 
     dx_f, dx_b, ddt_f, ddt_b = token_grad(x_f), token_grad(x_b), token_grad(dt_f), token_grad(dt_b)
     dz = token_grad(z) if z is not None else None
-    workspace = torch.empty((batch, length, channels), dtype=f32, device=device) if z is not None else dx_f
-    bc_alloc = torch.zeros if atomic else torch.empty
-    dB_f, dB_b, dC_f, dC_b = (bc_alloc((bc_blocks, batch, length, n_state), dtype=f32, device=device)
+    dB_f, dB_b, dC_f, dC_b = (torch.empty((plan.groups, batch, length, n_state), dtype=f32, device=device)
                               for _ in range(4))
     dA_f, dA_b = (torch.empty((batch, channels, n_state), dtype=f32, device=device) for _ in range(2))
     dD_f, dD_b, dbias_f, dbias_b = (torch.empty((batch, channels), dtype=f32, device=device) for _ in range(4))
+    scratch = torch.empty((plan.groups, batch, config.checkpoint // config.items_bwd, plan.block_e, plan.block_n),
+                          dtype=f32, device=device)
     z_arg = z if z is not None else x_f  # never read without z
     dz_arg = dz if dz is not None else dx_f  # never written without z
 
     with _on_device(device):
-        _kernels.bidirectional_scan_bwd_kernel[(e_blocks, batch)](
+        _kernels.bidirectional_scan_bwd_kernel[(plan.groups, batch)](
             x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
             x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
-            z_arg, dout, workspace, states,
+            z_arg, dout, states, scratch,
             dx_f, ddt_f, dB_f, dC_f, dA_f, dD_f, dbias_f,
             dx_b, ddt_b, dB_b, dC_b, dA_b, dD_b, dbias_b,
             dz_arg,
             *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
             z_arg.stride(0), z_arg.stride(1), dout.stride(0), dout.stride(1), dx_f.stride(0), dx_f.stride(1),
-            dB_f.stride(0) if not atomic else 0, dB_f.stride(1), dB_f.stride(2),
-            length, channels, n_state, n_chunks,
-            HAS_Z=z is not None, ATOMIC_BC=atomic, BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_N=block_n,
-            num_warps=config.num_warps_bwd,
+            dB_f.stride(0), dB_f.stride(1), dB_f.stride(2),
+            length, channels, n_state, n_chunks, plan.blocks_per_group,
+            HAS_Z=z is not None, CK=config.checkpoint, ITEMS=config.items_bwd, BLOCK_E=plan.block_e,
+            BLOCK_N=plan.block_n, num_warps=config.num_warps_bwd,
         )
 
     def reduced(partial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -250,27 +235,57 @@ def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], state
             reduced(dbias_f, bias_f), reduced(dbias_b, bias_b), dz)
 
 
+def prepare_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b,
+                   z=None) -> Tuple[Tuple[torch.Tensor, ...], Optional[torch.Tensor]]:
+    """Check the inputs and bring them into the layout the kernels accept (unit last stride for the sequences,
+    contiguous parameters; copies only where needed). Returns ``(inputs, z)`` for :func:`scan_forward`."""
+    _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
+    sequences = tuple(_unit_last_stride(t) for t in (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b))
+    parameters = tuple(t.contiguous() for t in (A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b))
+    return sequences + parameters, (_unit_last_stride(z) if z is not None else None)
+
+
+def saved_states_shape(batch: int, length: int, channels: int, n_state: int) -> Tuple[int, ...]:
+    """Shape of the float32 ``states`` tensor :func:`scan_forward` returns with ``save_states=True`` (so a
+    fake/meta implementation can allocate it without running a kernel)."""
+    return (batch, 2, max(1, _cdiv(length, _CONFIG.checkpoint)), channels, n_state)
+
+
+def scan_forward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor],
+                 save_states: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``silu(z) * (y_f + y_b) / 2`` of prepared inputs (see :func:`prepare_inputs`); returns ``(out, states)``
+    where ``states`` (shape :func:`saved_states_shape`, float32) is what :func:`scan_backward` needs, or None
+    without ``save_states``. No autograd: this is the raw kernel launch."""
+    return _forward(tuple(inputs), z, save_states=save_states, config=_CONFIG)
+
+
+def scan_backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], states: torch.Tensor,
+                  dout: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+    """Gradients of :func:`scan_forward`: the 14 inputs' gradients (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f,
+    A_b, D_f, D_b, dt_bias_f, dt_bias_b) then dz (None without z), each in its input's dtype. Bitwise
+    deterministic when ``torch.are_deterministic_algorithms_enabled()``."""
+    inputs = tuple(inputs)
+    x_f = inputs[0]
+    if x_f.numel() == 0:
+        return tuple(torch.zeros_like(t) for t in inputs) + (torch.zeros_like(z) if z is not None else None,)
+    return tuple(_backward(inputs, z, states, _unit_last_stride(dout), _CONFIG))
+
+
 class _BidirectionalScanFunction(torch.autograd.Function):
     """Autograd wrapper: forward saves the inputs and the chunk-entry states, backward runs the backward kernel."""
 
     @staticmethod
-    def forward(ctx, config: TritonScanConfig, z: Optional[torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-        out, states, block_t = _forward(inputs, z, save_states=True, config=config)
-        ctx.config, ctx.block_t = config, block_t
-        if states is None:  # empty input: nothing to differentiate
-            states = out.new_zeros(0)
+    def forward(ctx, z: Optional[torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        out, states = scan_forward(inputs, z, save_states=True)
         ctx.save_for_backward(states, z, *inputs)
         return out
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
         states, z, *inputs = ctx.saved_tensors
-        if states.numel() == 0:
-            grads = [torch.zeros_like(t) for t in inputs] + [torch.zeros_like(z) if z is not None else None]
-        else:
-            grads = list(_backward(tuple(inputs), z, states, _unit_last_stride(dout), ctx.block_t, ctx.config))
+        grads = list(scan_backward(tuple(inputs), z, states, dout))
         dz = grads.pop()
-        return (None, dz, *grads)
+        return (dz, *grads)
 
 
 def bidirectional_scan_triton(
@@ -295,14 +310,11 @@ def bidirectional_scan_triton(
     Shapes (token-major): x_*, dt_*, z: (batch, L, E); B_*, C_*: (batch, L, N); A_*: (E, N); D_*, dt_bias_*: (E,).
     Same definition as :func:`vimamba.ops.reference.bidirectional_scan_reference`: per direction
     ``delta = softplus(dt + dt_bias)``, ``h_t = exp(delta_t A) h_prev + delta_t B_t x_t``, ``y_t = C_t . h_t + D x_t``
-    with h_prev the state of token t-1 (forward direction) or t+1 (backward direction).
+    with h_prev the state of token t-1 (forward direction) or t+1 (backward direction). Without grad (no_grad,
+    inference mode, or no input requiring grad) nothing is saved for a backward pass.
     """
-    _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
-    sequences = tuple(_unit_last_stride(t) for t in (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b))
-    parameters = tuple(t.contiguous() for t in (A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b))
-    z_ = _unit_last_stride(z) if z is not None else None
-    inputs = sequences + parameters
-    config = _CONFIG
+    inputs, z_ = prepare_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f,
+                                dt_bias_b, z)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *(() if z_ is None else (z_,)))):
-        return _BidirectionalScanFunction.apply(config, z_, *inputs)
-    return _forward(inputs, z_, save_states=False, config=config)[0]
+        return _BidirectionalScanFunction.apply(z_, *inputs)
+    return scan_forward(inputs, z_, save_states=False)[0]
