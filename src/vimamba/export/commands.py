@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_args import at_least, image_size
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -22,9 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--output", "-o", required=True, metavar="PATH", help="the file to write")
     p.add_argument("--dynamic", action="store_true",
                    help="accept any image size (default: only --img-size); the batch size is always free")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="S",
+    p.add_argument("--img-size", type=image_size, nargs="+", default=None, metavar="S",
                    help="trace at this size: S or H W (default: the checkpoint's; segmentation: its crop size)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 or newer (default: 18)")
+    p.add_argument("--opset", type=at_least(18, int), default=None, help="ONNX opset, 18 or newer (default: 18)")
     p.add_argument("--weights", default="auto", choices=("auto", "model", "ema"),
                    help="with a training checkpoint: the trained or the EMA weights")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects in a .pth you trust")
