@@ -83,6 +83,18 @@ def is_worker_failure(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(marker in str(error) for marker in _DEATH_MARKERS)
 
 
+
+def worker_failure_in(error: BaseException) -> Optional[BaseException]:
+    """torch's report of a dead worker in ``error`` or its causes: it is raised from a SIGCHLD handler wherever the
+    main process is, so it can surface wrapped (e.g. as the cause of an ImportError inside a C extension's import)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if is_worker_failure(error):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
 def describe_failure(error: BaseException) -> str:
     """One line for a data-loading failure: a worker's exception without torch's re-raised traceback."""
     text = str(error).strip()

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.workers import DataLoadingError, describe_failure, is_worker_failure, worker_deaths_deferred
+from ..data.workers import DataLoadingError, describe_failure, worker_deaths_deferred, worker_failure_in
 from ..train.checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
                                   load_training_checkpoint, prepare_output_dir, restore_training_state)
 from ..train.distributed import DistInfo, all_reduce_max, all_reduce_sums, print_once, seed_everything
@@ -247,8 +247,9 @@ def train_iterations(
                     scheduler.step_update(global_step)
                     committed = (epoch, batch_in_epoch)
             except Exception as e:  # torch reports a worker's death from its SIGCHLD handler, wherever we are
-                if isinstance(e, DataLoadingError) or is_worker_failure(e):
-                    raise stop_after_data_failure(e, committed) from e
+                failure = e if isinstance(e, DataLoadingError) else worker_failure_in(e)
+                if failure is not None:
+                    raise stop_after_data_failure(failure, committed) from e
                 raise
             window_steps += 1
             lr = max(group["lr"] for group in optimizer.param_groups)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..data.datasets import open_split, resolve_dataset
 from ..data.images import collate_skipping_unreadable
 from ..data.transforms import Augmentation, build_eval_transform, build_train_transform
-from ..data.workers import DataLoadingError, describe_failure, is_worker_failure
+from ..data.workers import DataLoadingError, describe_failure, worker_failure_in
 from ..models.checkpoint import load_checkpoint, save_weights
 from .checkpointing import (CheckpointManager, GracefulInterrupt, leave_signals_to_main_process,
                             load_training_checkpoint, prepare_output_dir, restore_training_state)
@@ -338,10 +338,11 @@ def _saved_on_worker_death(manager: CheckpointManager, state: Callable[[], Dict[
     process is) into a saved checkpoint and a :class:`DataLoadingError`, like a failure inside the epoch."""
     try:
         yield
-    except RuntimeError as e:
-        if isinstance(e, DataLoadingError) or not is_worker_failure(e):
+    except Exception as e:
+        failure = worker_failure_in(e)
+        if isinstance(e, DataLoadingError) or failure is None:
             raise
-        error = DataLoadingError(f"a data worker failed after epoch {epoch + 1}: {describe_failure(e)}")
+        error = DataLoadingError(f"a data worker failed after epoch {epoch + 1}: {describe_failure(failure)}")
         raise _saved_after_failure(error, manager, state, dist_info) from e
 
 
