@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -29,20 +28,12 @@ import torch
 import torch.nn.functional as F
 
 import vimamba  # noqa: F401  (registers the Vim models with timm)
+from vimamba.bench.report import cpu_model
 from vimamba.models.registry import create_model
 
 CASES = ("demo_train", "vim_ti_train", "infer_224", "infer_1024")
 DEMO_SHAPE = dict(patch_size=7, stride=7, embed_dim=96, depth=6, img_size=28, in_chans=1, num_classes=10)
 
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> Dict[str, float]:
@@ -121,7 +112,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result: Dict = dict(cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
+    result: Dict = dict(cpu=cpu_model(), threads=torch.get_num_threads(), torch=torch.__version__,
                         command=" ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]))
     print(f"# {result['cpu']}, {result['threads']} threads, torch {result['torch']}", flush=True)
     if "demo_train" in args.only:

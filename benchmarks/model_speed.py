@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,17 +27,9 @@ import torch
 import torch.nn.functional as F
 
 import vimamba  # noqa: F401  (registers the Vim models with timm)
+from vimamba.bench.report import cpu_model
 from vimamba.models.registry import create_model
 
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def clock() -> Callable[[], float]:
@@ -155,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         print(json.dumps(memory_child(impl, int(size), int(depth), int(batch))))
         return {}
 
-    result: Dict = dict(cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
+    result: Dict = dict(cpu=cpu_model(), threads=torch.get_num_threads(), torch=torch.__version__,
                         impl=args.impl or "auto", clock="thread" if clock() is time.thread_time else "wall")
     print(f"# {result['cpu']}, {result['threads']} threads ({result['clock']} time), torch {result['torch']}, "
           f"Vim scan impl {result['impl']}")

@@ -33,7 +33,8 @@ def _version(package: str) -> Optional[str]:
         return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -87,7 +88,7 @@ def collect_environment(device: str) -> Dict[str, object]:
         "vimamba": _version("vimamba"),
         "vimamba_git": _git_revision(),
         "numpy": _version("numpy"),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_total_bytes": _total_memory_bytes(),
