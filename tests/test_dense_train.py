@@ -12,7 +12,10 @@ from vimamba.cli import main
 from vimamba.dense.backbone import BackboneConfig
 from vimamba.dense.checkpoint import build_dense_model, load_dense_model
 from vimamba.dense.coco_data import CocoDetection
-from vimamba.dense.engine import DenseTrainConfig, train_iterations
+from vimamba.dense.training import SegmentationTask
+from vimamba.engine.checkpointing import TrainingCheckpointError
+from vimamba.engine.config import EngineConfig
+from vimamba.engine.loop import run as run_engine
 from vimamba.dense.evaluate import evaluate_detection, evaluate_segmentation
 from vimamba.dense.seg_data import SegEvalTransform, SegmentationDataset, SegTrainTransform
 from vimamba.dense.segmentor import SegmentorConfig, build_segmentor
@@ -56,9 +59,10 @@ def test_segmentation_train_eval_predict(tmp_path):
                  "--log-interval", "10", "--workers", "0"])
     assert code == 0
     records = _records(run)
-    assert [r["iteration"] for r in records] == [10, 20, 30, 40]
-    assert records[-1]["loss"] < 0.7 * records[0]["loss"]
-    trained_miou = json.loads((run / "summary.json").read_text())["mIoU"]
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    assert records[-1]["train_loss"] < 0.7 * records[0]["train_loss"]
+    assert {"train_loss_decode", "train_loss_aux"} <= set(records[0])  # each loss of the model, logged
+    trained_miou = json.loads((run / "summary.json").read_text())["final_mIoU"]
 
     untrained, info = _untrained_like(run / "last.pth")
     assert info.task == "segmentation" and info.class_names == [f"class_{c}" for c in range(4)]
@@ -94,20 +98,20 @@ def test_detection_train_eval_predict(tmp_path):
                  "--workers", "0"])
     assert code == 0
     records = _records(run)
-    assert records[-1]["loss"] < 0.7 * records[0]["loss"]
+    assert records[-1]["train_loss"] < 0.7 * records[0]["train_loss"]
     summary = json.loads((run / "summary.json").read_text())
 
     untrained, info = _untrained_like(run / "last.pth")
     assert info.task == "detection" and info.class_names == ["square", "disc", "triangle"]
     dataset = CocoDetection(image_dir, annotations)
     before = evaluate_detection(untrained, dataset, device=CPU, workers=0)
-    assert summary["bbox_AP"] > before["bbox"]["AP"] + 0.15, (before, summary)
-    assert summary["segm_AP"] > before["segm"]["AP"] + 0.15, (before, summary)
+    assert summary["final_bbox_AP"] > before["bbox"]["AP"] + 0.15, (before, summary)
+    assert summary["final_segm_AP"] > before["segm"]["AP"] + 0.15, (before, summary)
 
     out = tmp_path / "eval.json"
     assert main(["detect", "eval", str(run / "last.pth"), "--images", str(image_dir), "--annotations",
                  str(annotations), "--output", str(out), "--workers", "0"]) == 0
-    assert json.loads(out.read_text())["bbox"]["AP"] == pytest.approx(summary["bbox_AP"], abs=1e-6)
+    assert json.loads(out.read_text())["bbox"]["AP"] == pytest.approx(summary["final_bbox_AP"], abs=1e-6)
 
     pred = tmp_path / "pred"
     assert main(["detect", "predict", str(run / "last.pth"), str(image_dir / "shapes_00001.jpg"),
@@ -123,39 +127,36 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     train_set = SegmentationDataset(data, "training", 4, transform=SegTrainTransform((32, 32), (128, 32)))
     config = SegmentorConfig(num_classes=4, dropout=0.0, channels=16, aux_channels=8, backbone=BackboneConfig(
         vim=dict(embed_dim=16, depth=2, patch_size=8, stride=8, img_size=32, drop_path_rate=0.0), out_indices=(1,)))
-    settings = DenseTrainConfig(iterations=6, batch_size=4, lr=1e-3, warmup_iters=2, eval_interval=3,
-                                log_interval=1, checkpoint_interval=100, workers=0)
     stop_once = {"armed": False}
 
-    def evaluate(model, precision):
-        if stop_once["armed"]:  # Ctrl-C while evaluating at iteration 3: the run saves after iteration 4 and stops
-            stop_once["armed"] = False
-            os.kill(os.getpid(), signal.SIGINT)
-        return {"mIoU": 0.0}
+    class StopWhileEvaluating(SegmentationTask):
+        def evaluate(self, model, loader):
+            if stop_once["armed"]:  # Ctrl-C while evaluating at step 3: the run saves after step 4 and stops
+                stop_once["armed"] = False
+                os.kill(os.getpid(), signal.SIGINT)
+            return {"mIoU": 0.0}
 
-    def run(output, resume=None):
-        seed_everything(0)
-        model = build_segmentor(config)
-        result = train_iterations(model, train_set, cfg=settings, output_dir=output, dist=DistInfo(),
-                                  to_inputs=lambda batch, device: batch, evaluate=evaluate, resume=resume,
-                                  checkpoint_extra={"dense_task": "segmentation", "dense_config": config.to_dict()})
-        return model, result
+    def run(output, resume=None, model_config=config):
+        settings = EngineConfig(steps=6, batch_size=4, lr=1e-3, unscale_lr=True, warmup_steps=2, eval_interval=3,
+                                log_interval=1, save_interval=100, workers=0, device="cpu", output=str(output),
+                                resume=str(resume) if resume else None)
+        task = StopWhileEvaluating(model_config, train_set, eval_set=train_set)
+        result = run_engine(task, settings)
+        return load_dense_model(output / "last.pth")[0], result
 
     straight, _ = run(tmp_path / "straight")
     stop_once["armed"] = True
     _, stopped = run(tmp_path / "interrupted")
-    assert stopped.exit_code == 130 and stopped.summary["iterations"] == 4
+    assert stopped.exit_code == 130 and stopped.step == 4
     resumed, finished = run(tmp_path / "interrupted", resume=tmp_path / "interrupted" / "last.pth")
-    assert finished.exit_code == 0 and finished.summary["iterations"] == 6
+    assert finished.exit_code == 0 and finished.step == 6
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    assert [r["iteration"] for r in _records(tmp_path / "interrupted")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in _records(tmp_path / "interrupted")] == [1, 2, 3, 4, 5, 6]
 
     other = SegmentorConfig(num_classes=5, backbone=config.backbone)
-    with pytest.raises(ValueError, match="another model configuration"):
-        train_iterations(build_segmentor(other), train_set, cfg=settings, output_dir=tmp_path / "x", dist=DistInfo(),
-                         to_inputs=lambda batch, device: batch, resume=tmp_path / "interrupted" / "last.pth",
-                         checkpoint_extra={"dense_task": "segmentation", "dense_config": other.to_dict()})
+    with pytest.raises(TrainingCheckpointError, match="another model configuration"):
+        run(tmp_path / "interrupted", resume=tmp_path / "interrupted" / "last.pth", model_config=other)
 
 
 def test_dense_checkpoint_errors(tmp_path):

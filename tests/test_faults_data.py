@@ -18,9 +18,10 @@ from vimamba.cli import build_parser
 from vimamba.cli import main as cli
 from vimamba.data import DataError, Preprocessing, collate_skipping_unreadable, resolve_dataset
 from vimamba.models.checkpoint import save_weights
-from vimamba.train.config import TrainConfig, resolve_config
+from vimamba.engine.config import EngineConfig
+from vimamba.train.config import ClassificationConfig, resolve_config
 from vimamba.train.models import create_classifier
-from vimamba.train.runner import run_training
+from vimamba.train.classification import run_training
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -74,7 +75,7 @@ def test_a_one_class_dataset_is_refused_for_training(tmp_path):
 # ---------------------------------------------------------------------------------------------------- case 8
 def test_batch_size_one_skips_an_unreadable_image_and_strict_mode_stops(tmp_path, capsys):
     root = make_image_folder(tmp_path / "data", per_class=(3, 1), corrupt=True)  # 9 good + broken.png
-    summary = run_training(tiny(root, tmp_path / "run", batch_size=1))
+    summary = run_training(tiny(root, tmp_path / "run", batch_size=1)).summary
     assert summary["status"] == "finished"
     assert summary["skipped_images"] == 1
     assert "broken.png" in capsys.readouterr().err
@@ -108,7 +109,8 @@ def test_every_numeric_flag_of_every_subcommand_is_validated_where_it_is_parsed(
 
 
 def test_every_numeric_training_option_has_a_check():
-    numeric = [f for f in fields(TrainConfig) if any(t in str(f.type) for t in ("int", "float"))]
+    numeric = [f for cls in (EngineConfig, ClassificationConfig) for f in fields(cls)
+               if any(t in str(f.type) for t in ("int", "float"))]
     assert len(numeric) > 30
     assert [f.name for f in numeric if f.metadata.get("check") is None] == []
 
@@ -126,7 +128,7 @@ def test_every_numeric_training_option_has_a_check():
     (["train", "--scale", "0.5", "2"], "argument --scale"),
     (["train", "--batch-size", "abc"], "argument --batch-size: must be a positive integer, got 'abc'"),
     (["train", "--lr", "inf"], "argument --lr"),
-    (["segment", "train", "--data", "d", "--output", "o", "--iterations", "-1"], "argument --iterations"),
+    (["segment", "train", "--data", "d", "--output", "o", "--iterations", "-1"], "argument --steps/--iterations"),
     (["segment", "predict", "c", "i.png", "--output", "o", "--alpha", "2"], "argument --alpha"),
     (["detect", "predict", "c", "i.png", "--output", "o", "--score-thresh", "-0.1"], "argument --score-thresh"),
     (["detect", "shapes", "root", "--size", "0", "8"], "argument --size"),

@@ -16,16 +16,16 @@ from PIL import Image
 from vimamba.cli import main as cli
 from vimamba.data.images import DataError
 from vimamba.dense.backbone import BackboneConfig
-from vimamba.dense.checkpoint import build_dense_model
-from vimamba.dense.coco_data import CocoDetection, collate_detection, detection_train_transform
+from vimamba.dense.coco_data import CocoDetection, detection_train_transform
 from vimamba.dense.coco_eval import evaluate_coco
 from vimamba.dense.detector import DetectorConfig
-from vimamba.dense.engine import DenseTrainConfig, train_iterations
+from vimamba.dense.training import DetectionTask, SegmentationTask
+from vimamba.engine.config import EngineConfig
+from vimamba.engine.loop import run
 from vimamba.dense.seg_data import SegmentationDataset, SegTrainTransform
 from vimamba.dense.segmentor import SegmentorConfig
 from vimamba.dense.synthetic import write_ade20k_shapes, write_coco_shapes
 from vimamba.engine.checkpointing import load_training_checkpoint
-from vimamba.engine.distributed import DistInfo, seed_everything
 
 TINY_VIM = dict(embed_dim=16, depth=2, patch_size=8, stride=8, img_size=32, drop_path_rate=0.1)
 
@@ -42,45 +42,51 @@ class Killed(Exception):
     """Stands for SIGKILL: the process is gone, only what was saved survives."""
 
 
-def _train(task, config, train_set, output, *, collate=None, to_inputs=lambda batch, device: batch, resume=None,
-           die_at=None, sigterm_at=None):
-    """Train 7 iterations (checkpoint every 3, 2 data workers); die or get SIGTERM at the given loader batch."""
+def _settings(output, resume=None, **overrides):
+    """7 steps, a checkpoint every 3, 2 data workers."""
+    values = dict(steps=7, batch_size=2, lr=1e-3, unscale_lr=True, warmup_steps=2, eval_interval=1000, log_interval=1,
+                  save_interval=3, workers=2, seed=5, device="cpu", compile="off", output=str(output),
+                  resume=str(resume) if resume else None)
+    return EngineConfig(**{**values, **overrides})
+
+
+def _task(task, config, train_set, **kwargs):
+    return (SegmentationTask if task == "segmentation" else DetectionTask)(config, train_set, **kwargs)
+
+
+def _train(task, config, train_set, output, *, resume=None, die_at=None, sigterm_at=None):
+    """Train 7 steps; die or get SIGTERM at the given batch. Returns (weights, result)."""
     calls = {"n": 0}
+    base = SegmentationTask if task == "segmentation" else DetectionTask
 
-    def inputs(batch, device):
-        calls["n"] += 1
-        if calls["n"] == die_at:
-            raise Killed()
-        if calls["n"] == sigterm_at:
-            os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes this iteration, saves and stops
-        return to_inputs(batch, device)
+    class Faulty(base):
+        def loss(self, model, batch):
+            calls["n"] += 1
+            if calls["n"] == die_at:
+                raise Killed()
+            if calls["n"] == sigterm_at:
+                os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes this step, saves and stops
+            return super().loss(model, batch)
 
-    seed_everything(0)
-    model = build_dense_model(task, config)
-    settings = DenseTrainConfig(iterations=7, batch_size=2, lr=1e-3, warmup_iters=2, eval_interval=1000,
-                                log_interval=1, checkpoint_interval=3, workers=2, seed=5)
     try:
-        result = train_iterations(model, train_set, cfg=settings, output_dir=output, dist=DistInfo(),
-                                  to_inputs=inputs, collate_fn=collate, resume=resume,
-                                  checkpoint_extra={"dense_task": task, "dense_config": config.to_dict()})
+        result = run(Faulty(config, train_set), _settings(output, resume))
     except Killed:
         return None, None
-    return model, result
+    return load_training_checkpoint(output / "last.pth")["model"], result
 
 
 def _assert_resumes_exactly(task, config, train_set, tmp_path, **kwargs):
     straight, _ = _train(task, config, train_set, tmp_path / "straight", **kwargs)
     killed = tmp_path / "killed"
     assert _train(task, config, train_set, killed, die_at=5, **kwargs) == (None, None)
-    assert load_training_checkpoint(killed / "last.pth")["global_step"] == 3
+    assert load_training_checkpoint(killed / "last.pth")["step"] == 3
     resumed, result = _train(task, config, train_set, killed, resume=killed / "last.pth", **kwargs)
-    assert result.summary["iterations"] == 7
+    assert result.step == 7
     stopped = tmp_path / "sigterm"
     _, result = _train(task, config, train_set, stopped, sigterm_at=5, **kwargs)
-    assert result.exit_code == 128 + signal.SIGTERM and result.summary["iterations"] == 5
+    assert result.exit_code == 128 + signal.SIGTERM and result.step == 5
     after_sigterm, _ = _train(task, config, train_set, stopped, resume=stopped / "last.pth", **kwargs)
-    for (name, a), b, c in zip(straight.state_dict().items(), resumed.state_dict().values(),
-                               after_sigterm.state_dict().values()):
+    for (name, a), b, c in zip(straight.items(), resumed.values(), after_sigterm.values()):
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=f"after a kill: {name}")
         torch.testing.assert_close(c, a, rtol=0, atol=0, msg=f"after SIGTERM: {name}")
 
@@ -103,8 +109,7 @@ def test_detection_resume_is_exact_with_workers_and_large_scale_jitter(tmp_path)
                             anchor_sizes=(4, 8, 16, 32, 64), head_channels=16, box_fc=32, box_head_convs=1,
                             rpn_batch_size_per_image=32, box_batch_size_per_image=32, rpn_post_nms_top_n_train=50,
                             rpn_post_nms_top_n_test=50, detections_per_img=10)
-    _assert_resumes_exactly("detection", config, train_set, tmp_path, collate=collate_detection,
-                            to_inputs=lambda batch, device: batch)
+    _assert_resumes_exactly("detection", config, train_set, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------- run folders
@@ -124,7 +129,7 @@ def test_dense_runs_keep_to_their_own_folder(tmp_path, capsys):
     # the copy continues in the copy (no --output needed), the original is untouched
     assert cli(["segment", "train", "--data", str(data), "--resume", str(b / "last.pth"), *SEG_FLAGS,
                 "--iterations", "3"]) == 0
-    assert load_training_checkpoint(b / "last.pth")["global_step"] == 3 and (a / "last.pth").read_bytes() == before
+    assert load_training_checkpoint(b / "last.pth")["step"] == 3 and (a / "last.pth").read_bytes() == before
     capsys.readouterr()
     # a new run into a folder holding a run, or a resume into another run's folder: refused, one line
     assert cli(["segment", "train", "--data", str(data), "--output", str(a), *SEG_FLAGS]) == 1
@@ -203,20 +208,13 @@ def test_a_failing_data_worker_ends_dense_training_with_the_error_and_a_checkpoi
     base = SegmentationDataset(data, "training", 4, transform=SegTrainTransform((32, 32), (128, 32)))
     config = SegmentorConfig(num_classes=4, channels=16, aux_channels=8,
                              backbone=BackboneConfig(vim=TINY_VIM, out_indices=(1,)))
-    settings = DenseTrainConfig(iterations=7, batch_size=2, lr=1e-3, warmup_iters=2, eval_interval=1000,
-                                log_interval=1, checkpoint_interval=1000, workers=2, seed=5)
-    extra = {"dense_task": "segmentation", "dense_config": config.to_dict()}
     out = tmp_path / "run"
-    seed_everything(0)
     with pytest.raises(DataError, match=r"sample 9 is broken.*Saved .*last\.pth.*--resume") as failure:
-        train_iterations(build_dense_model("segmentation", config), _Exploding(base, bad=9), cfg=settings,
-                         output_dir=out, dist=DistInfo(), collate_fn=None, resume=None, checkpoint_extra=extra,
-                         to_inputs=lambda batch, device: batch)
+        run(_task("segmentation", config, _Exploding(base, bad=9)), _settings(out, save_interval=1000))
     saved = load_training_checkpoint(out / "last.pth")
-    # the state of the last finished iteration: the broken sample's batch was never trained on
-    assert 0 <= saved["global_step"] < 5 and saved["batch_in_epoch"] == saved["global_step"]
+    # the state of the last finished step: the broken sample's batch was never trained on
+    assert 0 <= saved["step"] < 5 and saved["batch_in_epoch"] == saved["step"]
     assert "data worker raised" in str(failure.value)
-    result = train_iterations(build_dense_model("segmentation", config), _Exploding(base, bad=9, armed=False),
-                              cfg=settings, output_dir=out, dist=DistInfo(), collate_fn=None,
-                              resume=out / "last.pth", checkpoint_extra=extra, to_inputs=lambda batch, device: batch)
-    assert result.summary["iterations"] == 7
+    result = run(_task("segmentation", config, _Exploding(base, bad=9, armed=False)),
+                 _settings(out, resume=out / "last.pth", save_interval=1000))
+    assert result.step == 7

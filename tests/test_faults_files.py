@@ -25,7 +25,7 @@ from vimamba.errors import FileSystemError
 from vimamba.io import atomic_torch_save, atomic_write
 from vimamba.engine.checkpointing import CheckpointManager, load_training_checkpoint
 from vimamba.train.config import resolve_config
-from vimamba.train.runner import run_training
+from vimamba.train.classification import run_training
 
 SRC = str(Path(vimamba.__file__).resolve().parents[1])
 
@@ -52,7 +52,7 @@ def folder(tmp_path_factory):
 def run_a(folder, tmp_path_factory):
     """A finished 1-epoch run (its folder, read-only for the tests: copy it before changing it)."""
     out = tmp_path_factory.mktemp("runs") / "a"
-    assert run_training(resolve_config(dict(TINY, data=str(folder), output=str(out))))["status"] == "finished"
+    assert run_training(resolve_config(dict(TINY, data=str(folder), output=str(out)))).status == "finished"
     return out
 
 
@@ -162,7 +162,8 @@ def _tiny_flags():
 
 # ---------------------------------------------------------------------------------------------------- case 10
 def _state(value: float, size: int = 1000):
-    return {"model": {"w": torch.full((size,), value)}, "epoch": 0, "global_step": 1}
+    return dict(task="classification", arch={"name": "w", "family": "timm"}, model={"w": torch.full((size,), value)},
+                optimizer={}, step=1)
 
 
 def _fail_writes_after(monkeypatch, nbytes: int, code: int = errno.ENOSPC):
@@ -341,10 +342,10 @@ def test_classification_resumed_mid_epoch_with_data_workers_is_exact(folder, tmp
     run_training(resolve_config(dict(settings, output=str(tmp_path / "straight"))), criterion=SigtermAtCall(-1))
     stopped = tmp_path / "stopped"
     summary = run_training(resolve_config(dict(settings, output=str(stopped))), criterion=SigtermAtCall(5))
-    assert summary["status"] == "interrupted" and load_training_checkpoint(stopped / "last.pth")["batch_in_epoch"] == 2
+    assert summary.status == "interrupted" and load_training_checkpoint(stopped / "last.pth")["batch_in_epoch"] == 2
     saved = load_training_checkpoint(stopped / "last.pth")["config"]
     resumed = run_training(resolve_config({"resume": str(stopped / "last.pth")}, saved), criterion=SigtermAtCall(-1))
-    assert resumed["status"] == "finished"
+    assert resumed.status == "finished"
     a, b = (load_training_checkpoint(p / "last.pth")["model"] for p in (tmp_path / "straight", stopped))
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)

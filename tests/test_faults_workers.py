@@ -58,7 +58,7 @@ def assert_resumable(out: Path):
     saved = load_training_checkpoint(out / "last.pth")
     # the position of the last finished optimizer step (1 batch per step): inside the first epoch, or at the end of
     # a finished one when the worker died between epochs (evaluation, saving, plotting)
-    epoch, step, batch = saved["epoch"], saved["global_step"], saved["batch_in_epoch"]
+    epoch, step, batch = saved["epoch"], saved["step"], saved["batch_in_epoch"]
     assert (epoch == 0 and step == batch) or (epoch >= 1 and batch == 0 and step > 0 and step % epoch == 0), \
         (epoch, step, batch)
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..checkpoints.format import is_current_format
 from ..models.checkpoint import CheckpointError
 from .detector import DetectorConfig, build_detector
 from .segmentor import SegmentorConfig, build_segmentor
@@ -71,6 +72,10 @@ def load_dense_model(path: Union[str, os.PathLike], task: Optional[str] = None):
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(f"could not read '{path}' as a checkpoint ({type(e).__name__}: {e}); the file may be "
                               "truncated") from e
+    if is_current_format(obj) and obj.get("task") in TASKS:  # bridge until the one loader reads it
+        obj = {"dense_task": obj["task"], "dense_config": obj["task_config"].get("dense_config"),
+               "model": obj["model"], "class_names": obj.get("class_names"), "data_config": obj.get("data_config"),
+               "global_step": obj.get("step")}
     if not isinstance(obj, dict) or obj.get("dense_task") not in TASKS or "model" not in obj:
         hint = ""
         if isinstance(obj, dict) and ("model" in obj or any(str(k).startswith("layers.") for k in obj)):

@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List
 
-from ..cli_args import (image_size, non_negative_float, non_negative_int, positive_float, positive_int, probability,
-                        unit_interval_open)
+from ..cli_args import image_size, non_negative_int, positive_int, probability
+from .training import DETECTION_DEFAULTS, SEGMENTATION_DEFAULTS, DetectionConfig, SegmentationConfig
 
 __all__ = ["register"]
 
-_SEG_TRAIN_DEFAULTS = dict(iterations=60000, batch_size=8, lr=2e-4, weight_decay=0.1, layer_decay=0.92,
-                           schedule="poly", warmup_iters=1500, eval_interval=4000)
-# ViTDet Vim-Ti (cascade_mask_rcnn_vimdet_t_100ep_adj1): 184,375 iterations at total batch 64, decay x0.1 at 88.9% and
-# 96.3% of training, warmup 250 iterations.
-_DET_TRAIN_DEFAULTS = dict(iterations=184375, batch_size=16, lr=1e-4, weight_decay=0.1, layer_decay=0.837,
-                           schedule="multistep", milestones=(163889, 177546), warmup_iters=250, eval_interval=10000)
+_TRAIN_GROUPS = {"backbone": "backbone", "data": "data", "head": "head"}
 
 
 def register(subparsers) -> None:
+    """``vimamba segment ...`` and ``vimamba detect ...``."""
     _register_segment(subparsers)
     _register_detect(subparsers)
 
@@ -48,116 +43,34 @@ def _fmt(prog):
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=36)
 
 
-def _parse_overrides(pairs: Optional[List[str]]) -> Dict[str, object]:
-    """``["embed_dim=32", "img_size=512"]`` -> ``{"embed_dim": 32, "img_size": 512}`` (values parsed as JSON)."""
-    out: Dict[str, object] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"expected key=value settings (e.g. embed_dim=192), got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+def _fmt_plain(prog):  # generated flags say their defaults themselves
+    return argparse.HelpFormatter(prog, max_help_position=36)
 
 
-def _add_backbone_args(p, feature: str, out_indices_help: str) -> None:
-    g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", default="vim_tiny_patch16_224", help="registered Vim model name (vimamba models)")
-    g.add_argument("--pretrained", default=None, help="Vim classification checkpoint to start the backbone from "
-                                                       "(head dropped, position embedding resized)")
-    g.add_argument("--vim", nargs="*", metavar="KEY=VALUE",
-                   help="Vim settings to override, e.g. drop_path_rate=0.1 (img_size defaults to the training size)")
-    g.add_argument("--out-indices", type=non_negative_int, nargs="+", default=None, help=out_indices_help)
-    g.add_argument("--feature", choices=["mixer", "residual"], default=feature,
-                   help="block feature: mixer output or residual stream")
-    g.add_argument("--feature-norm", action="store_true", help="apply the final RMSNorm to the block features")
+def _add_train_flags(p, task_config: type, defaults: dict) -> None:
+    """The flags of the task's config and of the engine; the recipe's values are the defaults shown."""
+    from ..engine.config import EngineConfig, add_config_flags
+
+    add_config_flags(p, (task_config, EngineConfig), defaults=defaults, group_titles=_TRAIN_GROUPS)
 
 
-def _add_train_args(p, defaults: dict) -> None:
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--output", default=None, help="run folder: checkpoints, metrics.jsonl, curves.png, summary.json "
-                                                  "(required for a new run; with --resume: the checkpoint's folder)")
-    g.add_argument("--iterations", type=positive_int, default=defaults["iterations"])
-    g.add_argument("--batch-size", type=positive_int, default=defaults["batch_size"], help="images per process")
-    g.add_argument("--accum-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=positive_float, default=defaults["lr"])
-    g.add_argument("--weight-decay", type=non_negative_float, default=defaults["weight_decay"])
-    g.add_argument("--layer-decay", type=unit_interval_open, default=defaults["layer_decay"],
-                   help="layer-wise LR decay over the Vim blocks (1 = off)")
-    g.add_argument("--no-decay-ssm", action="store_true", help="no weight decay on A_log (the official code decays it)")
-    g.add_argument("--schedule", choices=["poly", "multistep"], default=defaults["schedule"])
-    g.add_argument("--milestones", type=positive_int, nargs="*", default=list(defaults.get("milestones", ())),
-                   help="multistep: iterations at which the LR drops x0.1")
-    g.add_argument("--warmup-iters", type=non_negative_int, default=defaults["warmup_iters"])
-    g.add_argument("--clip-grad", type=positive_float, default=None)
-    g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="mixed precision")
-    g.add_argument("--eval-interval", type=positive_int, default=defaults["eval_interval"])
-    g.add_argument("--checkpoint-interval", type=positive_int, default=1000)
-    g.add_argument("--log-interval", type=positive_int, default=50)
-    g.add_argument("--workers", type=non_negative_int, default=4)
-    g.add_argument("--seed", type=non_negative_int, default=0)
-    g.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations (less memory)")
-    g.add_argument("--resume", default=None, help="last.pth of an interrupted run (continues in its folder)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start over in an --output folder that already holds a run (its checkpoints are replaced)")
-    g.add_argument("--device", default="auto")
+def _train(args, task_config: type, defaults: dict, make_task) -> int:
+    """Build the configs from the flags (and the resumed run's saved ones), the task, and run the engine."""
+    from ..engine.checkpointing import load_training_checkpoint
+    from ..engine.config import EngineConfig, build_configs, explicit_values, field_defaults
+    from ..engine.loop import run
 
-
-def _train_config(args):
-    from .engine import DenseTrainConfig
-
-    return DenseTrainConfig(
-        iterations=args.iterations, batch_size=args.batch_size, accum_steps=args.accum_steps, lr=args.lr,
-        weight_decay=args.weight_decay, layer_decay=args.layer_decay, no_decay_ssm=args.no_decay_ssm,
-        schedule=args.schedule, milestones=tuple(args.milestones), warmup_iters=args.warmup_iters,
-        warmup_lr=args.lr * 1e-6, clip_grad=args.clip_grad, amp=args.amp, eval_interval=args.eval_interval,
-        checkpoint_interval=args.checkpoint_interval, log_interval=args.log_interval, workers=args.workers,
-        seed=args.seed, grad_checkpointing=args.grad_checkpointing,
-    )
-
-
-def _backbone_config(args, img_size, **fixed):
-    """The backbone settings of the command line; the position embedding is stored for the training size."""
-    from .backbone import BackboneConfig
-
-    vim = {"img_size": list(img_size), **_parse_overrides(args.vim)}
-    settings = dict(model=args.backbone, vim=vim, feature=args.feature, norm=args.feature_norm)
-    if args.out_indices is not None:
-        settings["out_indices"] = tuple(args.out_indices)
-    return BackboneConfig(**{**fixed, **settings})
-
-
-def _run_training(args, task: str, config, class_names, data_config, train_set, to_inputs, collate_fn, evaluate,
-                  metric: str, dist) -> int:
-    from ..engine.distributed import print_once, seed_everything
-    from .checkpoint import build_dense_model, dense_checkpoint_extra
-    from .engine import train_iterations
-
-    output = _run_folder(args)
-    seed_everything(args.seed)  # the same initial weights on every process
-    model = build_dense_model(task, config, args.pretrained)
-    print_once(f"{task} model: {sum(p.numel() for p in model.parameters()):,} parameters; "
-               f"{len(train_set)} training images")
-    result = train_iterations(
-        model, train_set, cfg=_train_config(args), output_dir=output, dist=dist, to_inputs=to_inputs,
-        collate_fn=collate_fn, evaluate=evaluate, metric=metric,
-        checkpoint_extra=dense_checkpoint_extra(task, config, class_names, data_config), resume=args.resume,
-        overwrite=args.overwrite,
-    )
-    return result.exit_code
-
-
-def _run_folder(args) -> Path:
-    """--output, or the folder of the --resume checkpoint (a copied run folder continues in the copy)."""
-    from ..errors import UserError
-
-    if args.output is not None:
-        return Path(args.output)
-    if args.resume is None:
-        raise UserError("pass --output DIR: the folder for the run's checkpoints and logs")
-    return Path(args.resume).parent
+    classes = (task_config, EngineConfig)
+    explicit = explicit_values(args, classes)
+    saved: dict = {}
+    if explicit.get("resume"):
+        saved = load_training_checkpoint(explicit["resume"]).get("config") or {}
+        if "output" not in explicit:  # a copied run folder continues in the copy
+            explicit["output"] = str(Path(explicit["resume"]).parent)
+    config, engine = build_configs({**field_defaults(*classes), **defaults, **saved, **explicit}, classes,
+                                   unknown="ignore")
+    engine.check()  # a missing --output fails before the data is read
+    return run(make_task(config), engine).exit_code
 
 
 def _load_for_prediction(args, task: str):
@@ -195,26 +108,8 @@ def _register_segment(subparsers) -> None:
     seg = subparsers.add_parser("segment", help="semantic segmentation with a Vim UperNet (ADE20K layout)")
     sub = seg.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("train", help="train a Vim UperNet", formatter_class=_fmt)
-    p.add_argument("--data", required=True, help="dataset root: images/{training,validation}, annotations/...")
-    p.add_argument("--dataset", choices=["ade20k", "custom"], default="ade20k",
-                   help="ade20k: 150 classes, reduce-zero-label, the ADE20K class names")
-    p.add_argument("--num-classes", type=positive_int, default=None, help="custom datasets: number of classes")
-    p.add_argument("--class-names", default=None, help="custom datasets: text file, one class name per line")
-    p.add_argument("--reduce-zero-label", action="store_true", help="custom datasets: label 0 is 'ignore'")
-    p.add_argument("--train-split", default="training")
-    p.add_argument("--val-split", default="validation", help="'' to train without evaluation")
-    p.add_argument("--crop-size", type=image_size, nargs=2, default=[512, 512], metavar=("H", "W"))
-    p.add_argument("--scale", type=image_size, nargs=2, default=[2048, 512], metavar=("LONG", "SHORT"),
-                   help="rescale target (x ratio-range in training, x1 in evaluation)")
-    p.add_argument("--ratio-range", type=positive_float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
-                   help="random rescale range of the training images")
-    p.add_argument("--eval-mode", choices=["slide", "whole"], default="slide")
-    p.add_argument("--eval-stride", type=positive_int, nargs=2, default=[341, 341], metavar=("H", "W"))
-    _add_backbone_args(p, "mixer", "blocks giving the 4 pyramid levels (default: 5 11 17 23 for depth 24)")
-    p.add_argument("--channels", type=positive_int, default=None, help="UperNet width (default: the backbone's embed_dim)")
-    p.add_argument("--aux-weight", type=non_negative_float, default=0.4, help="auxiliary FCN loss weight (0: no auxiliary head)")
-    _add_train_args(p, _SEG_TRAIN_DEFAULTS)
+    p = sub.add_parser("train", help="train a Vim UperNet", formatter_class=_fmt_plain)
+    _add_train_flags(p, SegmentationConfig, SEGMENTATION_DEFAULTS)
     p.set_defaults(func=_segment_train)
 
     p = sub.add_parser("eval", help="mIoU / pixel accuracy / per-class IoU of a trained segmentor",
@@ -250,56 +145,10 @@ def _register_segment(subparsers) -> None:
     p.set_defaults(func=_segment_shapes)
 
 
-def _seg_classes(args):
-    from .classes import ADE20K_CLASSES
-
-    if args.dataset == "ade20k":
-        return list(ADE20K_CLASSES), True
-    if args.class_names:
-        names = [line.strip() for line in Path(args.class_names).read_text().splitlines() if line.strip()]
-        if args.num_classes is not None and args.num_classes != len(names):
-            raise ValueError(f"--num-classes {args.num_classes} but {args.class_names} names {len(names)} classes")
-        return names, args.reduce_zero_label
-    if args.num_classes is None:
-        raise ValueError("a custom dataset needs --num-classes or --class-names")
-    return [f"class_{c}" for c in range(args.num_classes)], args.reduce_zero_label
-
-
 def _segment_train(args) -> int:
-    from .evaluate import evaluate_segmentation
-    from .seg_data import SegEvalTransform, SegmentationDataset, SegTrainTransform
-    from .segmentor import SegmentorConfig
+    from .training import segmentation_task
 
-    _run_folder(args)  # a missing --output fails before the data is read
-    class_names, reduce_zero = _seg_classes(args)
-    num_classes = len(class_names)
-    config = SegmentorConfig(num_classes=num_classes, backbone=_backbone_config(args, args.crop_size), channels=args.channels,
-                             aux_weight=args.aux_weight)
-    data_config = dict(reduce_zero_label=reduce_zero, scale=list(args.scale), crop_size=list(args.crop_size),
-                       eval_mode=args.eval_mode, eval_stride=list(args.eval_stride))
-    augment = SegTrainTransform(tuple(args.crop_size), tuple(args.scale), tuple(args.ratio_range))
-    train_set = SegmentationDataset(args.data, args.train_split, num_classes, reduce_zero, augment)
-    evaluate = None
-    if args.val_split:
-        val_set = SegmentationDataset(args.data, args.val_split, num_classes, reduce_zero,
-                                      SegEvalTransform(tuple(args.scale)))
-
-        def evaluate_val(model, precision):
-            metrics = evaluate_segmentation(model, val_set, device=dist.device, mode=args.eval_mode,
-                                            crop_size=tuple(args.crop_size), stride=tuple(args.eval_stride),
-                                            class_names=class_names, workers=min(args.workers, 2),
-                                            precision=precision)
-            return {k: v for k, v in metrics.items() if k != "per_class"}
-
-        evaluate = evaluate_val
-
-    def to_inputs(batch, device):
-        images, labels = batch
-        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-
-    with _distributed(args.device) as dist:
-        return _run_training(args, "segmentation", config, class_names, data_config, train_set, to_inputs, None,
-                             evaluate, "mIoU", dist)
+    return _train(args, SegmentationConfig, SEGMENTATION_DEFAULTS, segmentation_task)
 
 
 def _segment_eval(args) -> int:
@@ -380,20 +229,8 @@ def _register_detect(subparsers) -> None:
     det = subparsers.add_parser("detect", help="detection / instance segmentation with a Vim Mask R-CNN (COCO json)")
     sub = det.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("train", help="train a Vim Mask R-CNN or Faster R-CNN", formatter_class=_fmt)
-    _add_coco_args(p, "train")
-    p.add_argument("--val-images", default=None, help="validation image folder")
-    p.add_argument("--val-annotations", default=None, help="validation COCO json")
-    p.add_argument("--arch", choices=["mask_rcnn", "faster_rcnn"], default="mask_rcnn")
-    p.add_argument("--image-size", type=image_size, default=1024, help="images are resized to fit this square")
-    p.add_argument("--lsj", action=argparse.BooleanOptionalAction, default=True,
-                   help="large-scale jitter (scale 0.1-2 and crop to --image-size)")
-    p.add_argument("--anchor-sizes", type=positive_int, nargs=5, default=[32, 64, 128, 256, 512])
-    p.add_argument("--pyramid-channels", type=positive_int, default=256)
-    p.add_argument("--detector", nargs="*", metavar="KEY=VALUE",
-                   help="other DetectorConfig settings, e.g. head_channels=128 box_fc=512 rpn_post_nms_top_n_test=300")
-    _add_backbone_args(p, "residual", "blocks feeding the pyramid (default: the last one, ViTDet)")
-    _add_train_args(p, _DET_TRAIN_DEFAULTS)
+    p = sub.add_parser("train", help="train a Vim Mask R-CNN or Faster R-CNN", formatter_class=_fmt_plain)
+    _add_train_flags(p, DetectionConfig, DETECTION_DEFAULTS)
     p.set_defaults(func=_detect_train)
 
     p = sub.add_parser("eval", help="COCO box / mask AP of a trained detector", formatter_class=_fmt)
@@ -430,45 +267,9 @@ def _add_coco_args(p, what: str) -> None:
 
 
 def _detect_train(args) -> int:
-    from ..engine.distributed import print_once
-    from .coco_data import CocoDetection, collate_detection, detection_train_transform
-    from .detector import DetectorConfig
-    from .evaluate import evaluate_detection, flatten_coco_metrics
+    from .training import detection_task
 
-    _run_folder(args)  # a missing --output fails before the data is read
-    on_invalid = "skip" if args.skip_invalid else "error"
-    masks = args.arch == "mask_rcnn"
-    train_set = CocoDetection(args.images, args.annotations, train=True, masks=masks, on_invalid=on_invalid,
-                              transform=detection_train_transform(args.image_size if args.lsj else None))
-    print_once(f"training data: {train_set.report.summary()}")
-    backbone = _backbone_config(args, (args.image_size, args.image_size), out_indices=(-1,), out_channels=args.pyramid_channels, pyramid_norm="ln",
-                                extra_pool=True)
-    settings = dict(num_classes=len(train_set.class_names), backbone=backbone, masks=masks,
-                    min_size=args.image_size, max_size=args.image_size, anchor_sizes=tuple(args.anchor_sizes))
-    config = DetectorConfig.from_dict({**settings, **_parse_overrides(args.detector)})
-    evaluate = None
-    if args.val_annotations:
-        val_set = CocoDetection(args.val_images or args.images, args.val_annotations, masks=masks,
-                                on_invalid=on_invalid)
-        print_once(f"validation data: {val_set.report.summary()}")
-        if val_set.category_ids != train_set.category_ids:
-            raise ValueError(f"the validation categories {val_set.category_ids} differ from the training ones "
-                             f"{train_set.category_ids}")
-
-        def evaluate_val(model, precision):
-            return flatten_coco_metrics(evaluate_detection(model, val_set, device=dist.device,
-                                                           workers=min(args.workers, 2), precision=precision))
-
-        evaluate = evaluate_val
-
-    def to_inputs(batch, device):
-        images, targets = batch
-        return ([image.to(device, non_blocking=True) for image in images],
-                [{k: v.to(device) if hasattr(v, "to") else v for k, v in t.items()} for t in targets])
-
-    with _distributed(args.device) as dist:
-        return _run_training(args, "detection", config, train_set.class_names, {"category_ids": train_set.category_ids},
-                             train_set, to_inputs, collate_detection, evaluate, "bbox_AP", dist)
+    return _train(args, DetectionConfig, DETECTION_DEFAULTS, detection_task)
 
 
 def _detect_eval(args) -> int:

@@ -6,7 +6,7 @@ process returns the same metrics.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,9 @@ __all__ = ["evaluate_segmentation", "evaluate_detection", "flatten_coco_metrics"
 
 
 def _loader(dataset, workers: int, collate_fn=None) -> DataLoader:
+    """The sharded batch-1 loader over ``dataset`` (a loader given instead, e.g. the engine's, is used as it is)."""
+    if isinstance(dataset, DataLoader):
+        return dataset
     sampler = ShardedEvalSampler(dataset, rank=get_rank(), world_size=get_world_size())
     # Data workers that end with their main process and end it when they fail, as in training.
     return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
@@ -37,18 +40,20 @@ def _autocast(precision: Optional[MixedPrecision]):
 
 
 @torch.no_grad()
-def evaluate_segmentation(model: nn.Module, dataset: SegmentationDataset, *, device: torch.device,
+def evaluate_segmentation(model: nn.Module, dataset: Union[SegmentationDataset, DataLoader], *, device: torch.device,
                           mode: str = "slide", crop_size: Tuple[int, int] = (512, 512),
                           stride: Tuple[int, int] = (341, 341), class_names=None, workers: int = 2,
                           precision: Optional[MixedPrecision] = None) -> Dict[str, object]:
-    """mIoU, mAcc, aAcc and per-class IoU over ``dataset`` (images rescaled by its transform, labels at full size).
+    """mIoU, mAcc, aAcc and per-class IoU over ``dataset`` (images rescaled by its transform, labels at full size),
+    or over a sharded loader of such a dataset (batch size 1).
 
     Logits are resized bilinearly to the label size before the argmax, as MMSegmentation does.
     """
     was_training = model.training
     model.eval()
-    confusion = ConfusionMatrix(model.num_classes, dataset.ignore_index)
-    for image, label in progress(_loader(dataset, workers), desc=f"eval ({mode})"):
+    loader = _loader(dataset, workers)
+    confusion = ConfusionMatrix(model.num_classes, loader.dataset.ignore_index)
+    for image, label in progress(loader, desc=f"eval ({mode})"):
         with _autocast(precision):
             logits = model.inference(image.to(device), mode=mode, crop_size=crop_size, stride=stride,
                                      out_size=tuple(label.shape[-2:]))
@@ -60,13 +65,16 @@ def evaluate_segmentation(model: nn.Module, dataset: SegmentationDataset, *, dev
 
 
 @torch.no_grad()
-def evaluate_detection(model: nn.Module, dataset: CocoDetection, *, device: torch.device, workers: int = 2,
+def evaluate_detection(model: nn.Module, dataset: Union[CocoDetection, DataLoader], *, device: torch.device, workers: int = 2,
                        precision: Optional[MixedPrecision] = None) -> Dict[str, Dict[str, Optional[float]]]:
-    """COCO box (and mask, for Mask R-CNN) AP of ``model`` over ``dataset``: ``{"bbox": {...}, "segm": {...}}``."""
+    """COCO box (and mask, for Mask R-CNN) AP of ``model`` over ``dataset`` (or a sharded loader of one with
+    :func:`collate_detection`): ``{"bbox": {...}, "segm": {...}}``."""
     was_training = model.training
     model.eval()
     results = []
-    for images, targets in progress(_loader(dataset, workers, collate_detection), desc="eval"):
+    loader = _loader(dataset, workers, collate_detection)
+    dataset = loader.dataset
+    for images, targets in progress(loader, desc="eval"):
         with _autocast(precision):
             outputs = model([image.to(device) for image in images])
         for target, output in zip(targets, outputs):
