@@ -156,7 +156,7 @@ def test_training_wrapper_compiles_and_unwraps():
 def test_training_wrapper_falls_back_to_eager_with_one_line(monkeypatch):
     from torch._dynamo.exc import BackendCompilerFailed
 
-    from vimamba.train import compiled
+    from vimamba.engine import compiled
 
     def broken_compile(model, **kwargs):
         def call(*args, **kw):
