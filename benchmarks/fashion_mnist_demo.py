@@ -103,11 +103,11 @@ def run(name: str, extra: list, output: Path, threads: int) -> dict:
     summary = json.loads((output / name / "summary.json").read_text())
     log = [json.loads(line) for line in (output / name / "metrics.jsonl").read_text().splitlines()]
     return {
-        "model": name, "built": summary.get("built", name), "parameters": summary["parameters"],
+        "model": name, "built": summary["model"], "parameters": summary["parameters"],
         "epochs": summary["epochs"],
         "test_top1": summary["final_top1"], "best_top1": summary["best_value"],
-        "train_minutes": summary["train_seconds_total"] / 60, "wall_minutes": wall / 60,
-        "train_img_per_s": sum(r["train_img_per_s"] for r in log) / len(log),  # one record per epoch
+        "train_minutes": summary["seconds_this_session"] / 60, "wall_minutes": wall / 60,
+        "train_img_per_s": sum(r["samples_per_s"] for r in log) / len(log),  # one record per logged step
     }
 
 

@@ -56,19 +56,27 @@ def build(kind: str, data: Path, output: Path, resume=None):
                                  backbone=BackboneConfig(vim=TINY_VIM, out_indices=(1,)))
         return SegmentationTask(config, train_set, class_names=[f"c{i}" for i in range(4)]), engine
     from vimamba.dense.coco_data import CocoDetection, detection_train_transform
-    from vimamba.dense.detector import DetectorConfig
     from vimamba.dense.training import DetectionTask
 
     image_dir, annotations = data / "images", data / "annotations.json"
     train_set = CocoDetection(image_dir, annotations, train=True, masks=False,
                               transform=detection_train_transform(32, lsj_scale=(0.5, 1.5)))
-    backbone = BackboneConfig(vim=TINY_VIM, out_indices=(-1,), out_channels=8, pyramid_norm="ln", extra_pool=True)
-    config = DetectorConfig(num_classes=3, backbone=backbone, masks=False, min_size=32, max_size=32,
-                            anchor_sizes=(4, 8, 16, 32, 64), head_channels=8, box_fc=16, box_head_convs=1,
-                            rpn_batch_size_per_image=16, box_batch_size_per_image=16, rpn_post_nms_top_n_train=20,
-                            rpn_post_nms_top_n_test=20, detections_per_img=5)
+    config = tiny_detector_config(TINY_VIM, width=8)
     return DetectionTask(config, train_set, class_names=train_set.class_names,
                          data_config={"category_ids": train_set.category_ids}), engine
+
+
+def tiny_detector_config(vim: dict, width: int):
+    """A Faster R-CNN on 32x32 images, every part ``width`` channels wide (proposal counts scaled alike)."""
+    from vimamba.dense.backbone import BackboneConfig
+    from vimamba.dense.detector import DetectorConfig
+
+    backbone = BackboneConfig(vim=vim, out_indices=(-1,), out_channels=width, pyramid_norm="ln", extra_pool=True)
+    return DetectorConfig(num_classes=3, backbone=backbone, masks=False, min_size=32, max_size=32,
+                          anchor_sizes=(4, 8, 16, 32, 64), head_channels=width, box_fc=2 * width, box_head_convs=1,
+                          rpn_batch_size_per_image=2 * width, box_batch_size_per_image=2 * width,
+                          rpn_post_nms_top_n_train=3 * width, rpn_post_nms_top_n_test=3 * width,
+                          detections_per_img=width // 2 + 2)
 
 
 def hang_in_step(task, call: int, marker: Path) -> None:

@@ -13,6 +13,15 @@ def tiny_vim(**overrides):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is several times faster than two fighting over a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def seed():
     torch.manual_seed(0)
     return 0

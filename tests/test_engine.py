@@ -22,12 +22,7 @@ SRC = str(Path(vimamba.__file__).resolve().parents[1])
 TESTS = str(Path(__file__).resolve().parent)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def start_hanging_run(kind: str, data: Path, out: Path, call: int) -> subprocess.Popen:

@@ -13,29 +13,24 @@ import pytest
 import torch
 from PIL import Image
 
+from _engine_tasks import tiny_detector_config
 from vimamba.cli import main as cli
 from vimamba.data.images import DataError
 from vimamba.dense.backbone import BackboneConfig
 from vimamba.dense.coco_data import CocoDetection, detection_train_transform
 from vimamba.dense.coco_eval import evaluate_coco
-from vimamba.dense.detector import DetectorConfig
-from vimamba.dense.training import DetectionTask, SegmentationTask
-from vimamba.engine.config import EngineConfig
-from vimamba.engine.loop import run
 from vimamba.dense.seg_data import SegmentationDataset, SegTrainTransform
 from vimamba.dense.segmentor import SegmentorConfig
 from vimamba.dense.synthetic import write_ade20k_shapes, write_coco_shapes
+from vimamba.dense.training import DetectionTask, SegmentationTask
 from vimamba.engine.checkpointing import load_training_checkpoint
+from vimamba.engine.config import EngineConfig
+from vimamba.engine.loop import run
 
 TINY_VIM = dict(embed_dim=16, depth=2, patch_size=8, stride=8, img_size=32, drop_path_rate=0.1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class Killed(Exception):
@@ -104,11 +99,7 @@ def test_detection_resume_is_exact_with_workers_and_large_scale_jitter(tmp_path)
     image_dir, annotations = write_coco_shapes(tmp_path / "shapes", 6, sizes=((32, 32),), seed=0)
     train_set = CocoDetection(image_dir, annotations, train=True, masks=False,
                               transform=detection_train_transform(32, lsj_scale=(0.5, 1.5)))
-    backbone = BackboneConfig(vim=TINY_VIM, out_indices=(-1,), out_channels=16, pyramid_norm="ln", extra_pool=True)
-    config = DetectorConfig(num_classes=3, backbone=backbone, masks=False, min_size=32, max_size=32,
-                            anchor_sizes=(4, 8, 16, 32, 64), head_channels=16, box_fc=32, box_head_convs=1,
-                            rpn_batch_size_per_image=32, box_batch_size_per_image=32, rpn_post_nms_top_n_train=50,
-                            rpn_post_nms_top_n_test=50, detections_per_img=10)
+    config = tiny_detector_config(TINY_VIM, width=16)
     _assert_resumes_exactly("detection", config, train_set, tmp_path)
 
 

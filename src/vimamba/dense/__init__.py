@@ -5,7 +5,8 @@
 * :mod:`.detector`    torchvision Mask R-CNN / Faster R-CNN on the Vim pyramid
 * :mod:`.seg_data`, :mod:`.coco_data`   ADE20K-layout and COCO-json datasets, checked on load, with augmentation
 * :mod:`.seg_metrics`, :mod:`.coco_eval`, :mod:`.evaluate`   mIoU / pixel accuracy, COCO AP, sharded evaluation
-* :mod:`.engine`      the iteration-based training loop; :mod:`.checkpoint` dense checkpoints
+* :mod:`.training`    segmentation and detection as tasks of the engine (:mod:`vimamba.engine`), their flags
+* :mod:`.checkpoint`  rebuilding a dense model from its checkpoint
 * :mod:`.commands`    ``vimamba segment ...`` and ``vimamba detect ...``
 """
 from .backbone import BackboneConfig, SimpleFeaturePyramid, VimBackbone, build_backbone

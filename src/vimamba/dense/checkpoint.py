@@ -1,15 +1,9 @@
-"""Dense-model checkpoints: what a training checkpoint stores to rebuild its model, and loading it back.
+"""Dense-model checkpoints: rebuilding a segmentor / detector and its weights from a checkpoint file.
 
-Next to the training state (:mod:`vimamba.engine.checkpointing`), every segmentation / detection checkpoint holds
-
-==================  ====================================================================================
-``dense_task``      ``"segmentation"`` or ``"detection"``
-``dense_config``    the :class:`SegmentorConfig` / :class:`DetectorConfig` as a dict (backbone included)
-``class_names``     the class names, in label order (detection: without background)
-``data_config``     the data settings evaluation and prediction reuse (rescale size, crop, label handling)
-==================  ====================================================================================
-
-so ``vimamba segment|detect eval|predict`` need nothing but the file.
+Runs write the one checkpoint format (:mod:`vimamba.checkpoints.format`: ``task``, ``task_config["dense_config"]``,
+``class_names``, ``data_config``, written by :mod:`vimamba.dense.training`); files of earlier versions store
+``dense_task``, ``dense_config``, ``class_names`` and ``data_config`` at the top level. Both load here, so
+``vimamba segment|detect eval|predict`` need nothing but the file.
 """
 from __future__ import annotations
 
@@ -28,7 +22,7 @@ from ..models.checkpoint import CheckpointError
 from .detector import DetectorConfig, build_detector
 from .segmentor import SegmentorConfig, build_segmentor
 
-__all__ = ["DenseCheckpoint", "dense_checkpoint_extra", "build_dense_model", "load_dense_model", "TASKS"]
+__all__ = ["DenseCheckpoint", "build_dense_model", "load_dense_model", "TASKS"]
 
 TASKS = ("segmentation", "detection")
 
@@ -42,15 +36,6 @@ class DenseCheckpoint:
     class_names: List[str]
     data_config: Dict[str, Any]
     iteration: Optional[int] = None
-
-
-def dense_checkpoint_extra(task: str, config: Union[SegmentorConfig, DetectorConfig], class_names,
-                           data_config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The keys a dense training run adds to each checkpoint."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    return {"dense_task": task, "dense_config": config.to_dict(), "class_names": list(class_names),
-            "data_config": dict(data_config or {})}
 
 
 def build_dense_model(task: str, config: Union[SegmentorConfig, DetectorConfig], pretrained=None) -> nn.Module:

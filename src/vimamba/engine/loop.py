@@ -19,6 +19,7 @@ evaluation, at the end, on SIGINT/SIGTERM and after a data-loading failure), ``b
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -449,15 +450,15 @@ class _Window:
 
     def add(self, loss: float, batch_size: int, metrics: Dict[str, float]) -> None:
         values = {"train_loss": loss, **{f"train_{k}": float(v) for k, v in metrics.items()}}
-        for name, value in values.items():
-            if value == value and abs(value) != float("inf"):  # finite values only
-                self.sums[name] = self.sums.get(name, 0.0) + value * batch_size
-                self.sums[f"{name}#n"] = self.sums.get(f"{name}#n", 0.0) + batch_size
+        for name, value in sorted(values.items()):  # the same keys in the same order on every rank (all-reduce)
+            finite = math.isfinite(value)
+            self.sums[name] = self.sums.get(name, 0.0) + (value * batch_size if finite else 0.0)
+            self.sums[f"{name}#n"] = self.sums.get(f"{name}#n", 0.0) + (batch_size if finite else 0)
         self.sums["#samples"] = self.sums.get("#samples", 0.0) + batch_size
 
     def flush(self, world_size: int) -> Dict[str, float]:
         """The means since the last flush, over all ranks (a collective: every rank calls it), and reset."""
-        sums = all_reduce_sums(self.sums) if world_size > 1 else dict(self.sums)
+        sums = all_reduce_sums(dict(sorted(self.sums.items()))) if world_size > 1 else dict(self.sums)
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         out = {name: sums[name] / sums[f"{name}#n"] for name in sums
                if "#" not in name and sums.get(f"{name}#n")}

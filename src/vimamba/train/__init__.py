@@ -1,11 +1,8 @@
-"""Training infrastructure and the classification trainer.
+"""Image classification: a task of the one training engine (:mod:`vimamba.engine`), and inference.
 
-Task-agnostic building blocks (also used by the dense-prediction code):
-
-- :mod:`.distributed`   torchrun/env initialisation, rank helpers, rank-0 printing, metric all-reduce, seeding
-- :mod:`.checkpointing` atomic ``last``/``best`` checkpoints with full training state, resume, SIGINT/SIGTERM
-- :mod:`.precision`     bf16 / fp16 / fp32 training with a guard against non-finite losses and gradients
-- :mod:`.optim`         AdamW with linear LR scaling, weight-decay groups, layer decay, per-iteration cosine
-- :mod:`.sampling`      seed/epoch-determined sharded samplers that resume mid-epoch
-- :mod:`.reporting`     progress bars, JSON-lines metrics log, curve plots, summaries
+- :mod:`.config`          :class:`ClassificationConfig`, the recipes, and :func:`resolve_config` (engine + task)
+- :mod:`.classification`  :class:`ClassificationTask` and :func:`run_training` (``vimamba train``)
+- :mod:`.models`          building classifiers (Vim or timm) and loading any classifier checkpoint
+- :mod:`.inference`       ``vimamba eval`` / ``vimamba predict``
+- :mod:`.commands`        the subcommands; ``vimamba train``'s flags are generated from the two configs
 """

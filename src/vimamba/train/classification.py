@@ -129,9 +129,9 @@ class ClassificationTask(Task):
 
     def describe(self, model: nn.Module) -> str:
         pre = self.preprocessing
-        return (f"{describe_model(model, self.cfg.model)} [from {self.cfg.model}, {count_parameters(model):,} "
-                f"parameters] on {self.spec.describe()}, input {pre.in_chans}x{pre.img_size[0]}x{pre.img_size[1]}, "
-                f"recipe {self.cfg.recipe}")
+        # what was built (e.g. "Vim 0.49M (D=96, depth 6, ...)"), not the registered name it was made from
+        return (f"{describe_model(model, self.cfg.model)}, {count_parameters(model):,} parameters, on "
+                f"{self.spec.name} {pre.in_chans}x{pre.img_size[0]}x{pre.img_size[1]}, recipe {self.cfg.recipe}")
 
     # ------------------------------------------------------------------------------------------ loss, evaluation
     def _loss_functions(self):
