@@ -283,3 +283,28 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     one, two = records(single)[-1], records(double)[-1]
     assert "top1" in one and "top1" in two
     assert two["top1"] == one["top1"] and two["val_loss"] == pytest.approx(one["val_loss"], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------- --init
+def test_init_from_a_pretraining_checkpoint_takes_the_encoder_and_its_size(folder, tmp_path, capsys):
+    from vimamba.models import VimConfig
+    from vimamba.pretrain import MAEObjective, save_pretraining_checkpoint
+
+    encoder = VimConfig(img_size=16, patch_size=4, stride=4, in_chans=3, embed_dim=8, depth=2, d_state=4,
+                        num_classes=0, drop_path_rate=0.0)
+    torch.manual_seed(3)
+    path = save_pretraining_checkpoint(MAEObjective(encoder, mask_ratio=0.75, decoder_dim=8, decoder_depth=1,
+                                                    decoder_heads=2), tmp_path / "mae.pth")
+    out = tmp_path / "ft"
+    cfg = tiny(folder, out, init=str(path), embed_dim=None, depth=None, patch_size=None, epochs=1, lr=1e-12,
+               min_lr=0.0, drop_path=0.0)
+    assert run_training(cfg).status == "finished"
+    assert "initialised from" in capsys.readouterr().out
+    saved = load_training_checkpoint(out / "last.pth")
+    assert saved["arch"]["overrides"]["d_state"] == 4 and saved["arch"]["overrides"]["embed_dim"] == 8
+    pretrained = torch.load(path, weights_only=True)["model"]
+    key = "layers.1.mixer.in_proj.weight"  # trained with lr 1e-12: still the encoder's weights
+    torch.testing.assert_close(saved["model"][key], pretrained[f"encoder.{key}"], rtol=0, atol=1e-6)
+    # resuming rebuilds the same network without reading the pretraining file again
+    path.unlink()
+    assert cli(["train", "--resume", str(out / "last.pth"), "--epochs", "2", "--workers", "0"]) == 0

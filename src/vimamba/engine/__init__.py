@@ -8,6 +8,8 @@
 Building blocks the loop uses (also usable on their own): :mod:`.distributed`, :mod:`.precision`, :mod:`.optim`,
 :mod:`.sampling`, :mod:`.checkpointing`, :mod:`.reporting`.
 """
+from .config import EngineConfig
+from .loop import RunResult, run
 from .task import StepOutput, Task
 
-__all__ = ["StepOutput", "Task"]
+__all__ = ["StepOutput", "Task", "EngineConfig", "run", "RunResult"]
