@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -314,8 +314,10 @@ class _Run:
                     epoch = step // self.steps_per_epoch
                     if epoch != iter_epoch:
                         data_iter, iter_epoch = self._open_epoch(step), epoch
-                    outcome, finite = self._one_step(data_iter, step, params, stats, window)
+                    finite = self._accumulate(data_iter, step, stats, window)
                     with worker_deaths_deferred():  # an update is applied whole, or not at all
+                        outcome = self.precision.step(self.optimizer, params, clip_grad=cfg.clip_grad,
+                                                      loss_finite=finite, where=f"step {step + 1}")
                         step += 1
                         if outcome.stepped and self.ema is not None:
                             self.ema.update(self.model, step=step)
@@ -381,9 +383,9 @@ class _Run:
                                      title=f"finished: {self.title}"), flush=True)
         return RunResult(status=status, exit_code=exit_code, step=step, run_dir=self.out, summary=summary)
 
-    def _one_step(self, data_iter: Iterator[Any], step: int, params: List[torch.nn.Parameter],
-                  stats: ProgressStats, window: "_Window"):
-        """Forward and backward of ``accum_steps`` micro-batches, then the optimizer step (guarded)."""
+    def _accumulate(self, data_iter: Iterator[Any], step: int, stats: ProgressStats, window: "_Window") -> bool:
+        """Forward and backward of the ``accum_steps`` micro-batches of one optimizer step; whether every loss was
+        finite."""
         cfg, precision = self.cfg, self.precision
         self.trained.train()
         finite = True
@@ -410,10 +412,7 @@ class _Run:
             value = float(output.loss.detach()) if ok else float("nan")
             stats.update(value, output.batch_size)
             window.add(value, output.batch_size, output.metrics)
-        outcome = precision.step(self.optimizer, params, clip_grad=cfg.clip_grad, loss_finite=finite,
-                                 where=f"step {step + 1}")
-        window.steps += 1
-        return outcome, finite
+        return finite
 
     def _plot(self, last_eval: Dict[str, float]) -> None:
         metric_keys = [k for k, v in last_eval.items() if isinstance(v, float) and "loss" not in k]
@@ -445,7 +444,6 @@ class _Window:
 
     def __init__(self) -> None:
         self.sums: Dict[str, float] = {}
-        self.steps = 0
         self.start = time.perf_counter()
 
     def add(self, loss: float, batch_size: int, metrics: Dict[str, float]) -> None:
@@ -463,7 +461,7 @@ class _Window:
         out = {name: sums[name] / sums[f"{name}#n"] for name in sums
                if "#" not in name and sums.get(f"{name}#n")}
         out["samples_per_s"] = sums.get("#samples", 0.0) / elapsed
-        self.sums, self.steps, self.start = {}, 0, time.perf_counter()
+        self.sums, self.start = {}, time.perf_counter()
         return out
 
 
