@@ -30,6 +30,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .scan_inputs import ScanInputs, scan_entry_point
+
 __all__ = ["bidirectional_scan_chunked", "chunk_length", "check_scan_inputs", "chunked_scan_forward",
            "chunked_scan_backward"]
 
@@ -288,28 +290,12 @@ class _ChunkedBidirectionalScan(torch.autograd.Function):
         return chunked_scan_backward(inputs, entries_f, entries_b, grad_out, ctx.needs_input_grad)
 
 
-def bidirectional_scan_chunked(
-    x_f: torch.Tensor,
-    x_b: torch.Tensor,
-    dt_f: torch.Tensor,
-    dt_b: torch.Tensor,
-    B_f: torch.Tensor,
-    B_b: torch.Tensor,
-    C_f: torch.Tensor,
-    C_b: torch.Tensor,
-    A_f: torch.Tensor,
-    A_b: torch.Tensor,
-    D_f: Optional[torch.Tensor],
-    D_b: Optional[torch.Tensor],
-    dt_bias_f: Optional[torch.Tensor],
-    dt_bias_b: Optional[torch.Tensor],
-    z: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+@scan_entry_point
+def bidirectional_scan_chunked(inputs: ScanInputs) -> torch.Tensor:
     """silu(z) * (y_f + y_b) / 2 by the chunked scan; same contract as :func:`vimamba.ops.bidirectional_selective_scan`.
 
     Works on any device and for float32/float64/bfloat16/float16 inputs (state and accumulation in float32, or
     float64 for float64 inputs); ``D_*``, ``dt_bias_*`` and ``z`` may be None. Differentiable in every input.
     """
-    check_scan_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
-    return _ChunkedBidirectionalScan.apply(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b,
-                                           dt_bias_f, dt_bias_b, z)
+    check_scan_inputs(*inputs)
+    return _ChunkedBidirectionalScan.apply(*inputs)

@@ -36,6 +36,7 @@ except ImportError:  # CPU-only torch wheels ship without Triton
 
 if triton is not None:
     from . import triton_scan_kernels as _kernels
+from .scan_inputs import ScanInputs, scan_entry_point
 from .triton_scan_plan import (BackwardPlan, ForwardPlan, TritonScanConfig, _cdiv, backward_plan,  # noqa: F401
                                forward_plan)
 
@@ -288,23 +289,8 @@ class _BidirectionalScanFunction(torch.autograd.Function):
         return (dz, *grads)
 
 
-def bidirectional_scan_triton(
-    x_f: torch.Tensor,
-    x_b: torch.Tensor,
-    dt_f: torch.Tensor,
-    dt_b: torch.Tensor,
-    B_f: torch.Tensor,
-    B_b: torch.Tensor,
-    C_f: torch.Tensor,
-    C_b: torch.Tensor,
-    A_f: torch.Tensor,
-    A_b: torch.Tensor,
-    D_f: torch.Tensor,
-    D_b: torch.Tensor,
-    dt_bias_f: torch.Tensor,
-    dt_bias_b: torch.Tensor,
-    z: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+@scan_entry_point
+def bidirectional_scan_triton(inputs: ScanInputs) -> torch.Tensor:
     """silu(z) * (y_f + y_b) / 2 by the fused Triton kernels; differentiable in every input.
 
     Shapes (token-major): x_*, dt_*, z: (batch, L, E); B_*, C_*: (batch, L, N); A_*: (E, N); D_*, dt_bias_*: (E,).
@@ -313,8 +299,7 @@ def bidirectional_scan_triton(
     with h_prev the state of token t-1 (forward direction) or t+1 (backward direction). Without grad (no_grad,
     inference mode, or no input requiring grad) nothing is saved for a backward pass.
     """
-    inputs, z_ = prepare_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f,
-                                dt_bias_b, z)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *(() if z_ is None else (z_,)))):
-        return _BidirectionalScanFunction.apply(z_, *inputs)
-    return scan_forward(inputs, z_, save_states=False)[0]
+    prepared, z = prepare_inputs(*inputs)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*prepared, *(() if z is None else (z,)))):
+        return _BidirectionalScanFunction.apply(z, *prepared)
+    return scan_forward(prepared, z, save_states=False)[0]
