@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpp_scan
-from .chunked import check_scan_inputs, chunked_scan_backward, chunked_scan_forward
+from .chunked import chunked_scan_backward, chunked_scan_forward
 from .conv import depthwise_conv1d
-from .scan_inputs import ScanInputs, scan_entry_point
+from .scan_inputs import ScanInputs, check_scan_shapes, scan_entry_point
 
 __all__ = ["bidirectional_scan", "bidirectional_conv_silu", "scan_op", "scan_backward_op", "conv_silu_op",
            "conv_silu_backward_op"]
@@ -201,7 +201,7 @@ scan_op.register_autograd(_scan_backward, setup_context=_scan_setup_context)
 @scan_entry_point
 def bidirectional_scan(inputs: ScanInputs) -> Tensor:
     """silu(z) * (y_f + y_b) / 2 through ``vimamba::bidirectional_scan`` (native on CPU, Triton on CUDA)."""
-    check_scan_inputs(*inputs)
+    check_scan_shapes(inputs)
     save_states = torch.is_grad_enabled() and any([t is not None and t.requires_grad for t in inputs])
     return scan_op(*inputs, save_states)[0]
 

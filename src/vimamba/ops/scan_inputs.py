@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable, NamedTuple, Optional, get_type_hints
+from typing import Callable, NamedTuple, Optional, TypeVar, get_type_hints
 
 from torch import Tensor
 
-__all__ = ["ScanInputs", "scan_entry_point"]
+__all__ = ["ScanInputs", "scan_entry_point", "check_scan_shapes"]
+
+T = TypeVar("T")
 
 
 class ScanInputs(NamedTuple):
@@ -39,17 +41,18 @@ class ScanInputs(NamedTuple):
     z: Optional[Tensor] = None
 
 
-def scan_entry_point(compute: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def scan_entry_point(compute: Callable[..., T]) -> Callable[..., T]:
     """Decorator: ``compute(inputs: ScanInputs, **options)`` becomes ``f(x_f, x_b, ..., z=None, **options)``.
 
     The 15 inputs bind by position or by name exactly as :class:`ScanInputs` does (a missing one is a TypeError
     naming it); any other keyword (e.g. the dispatcher's ``impl``) goes to ``compute`` as a keyword-only option.
     The returned function's ``__signature__`` lists the inputs, so ``help()`` and IDEs show them.
     """
-    options = list(inspect.signature(compute).parameters.values())[1:]
+    signature = inspect.signature(compute)
+    options = list(signature.parameters.values())[1:]
 
     @functools.wraps(compute)
-    def entry_point(*args, **kwargs) -> Tensor:
+    def entry_point(*args, **kwargs):
         given_options = {name: kwargs.pop(name) for name in list(kwargs) if name not in ScanInputs._fields}
         return compute(ScanInputs(*args, **kwargs), **given_options)
 
@@ -57,5 +60,26 @@ def scan_entry_point(compute: Callable[..., Tensor]) -> Callable[..., Tensor]:
     inputs = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=types[name],
                                 default=ScanInputs._field_defaults.get(name, inspect.Parameter.empty))
               for name in ScanInputs._fields]
-    entry_point.__signature__ = inspect.Signature(inputs + options, return_annotation=Tensor)
+    entry_point.__signature__ = signature.replace(parameters=inputs + options)
     return entry_point
+
+
+def check_scan_shapes(inputs: ScanInputs) -> None:
+    """Raise a ValueError naming the offending input unless the shapes are those above (``x_f`` and ``A_f`` fix
+    batch, L, E and N; an input that is None is not checked)."""
+    x_f, A_f = inputs.x_f, inputs.A_f
+    if x_f.dim() != 3:
+        raise ValueError(f"x_f must be (batch, L, E), got shape {tuple(x_f.shape)}")
+    batch, length, channels = x_f.shape
+    if A_f.dim() != 2 or A_f.shape[0] != channels:
+        raise ValueError(f"A_f must be (E, N) = ({channels}, N), got shape {tuple(A_f.shape)}")
+    n_state = A_f.shape[1]
+    sequence, projection, per_channel = (batch, length, channels), (batch, length, n_state), (channels,)
+    expected = {"x_b": sequence, "dt_f": sequence, "dt_b": sequence, "B_f": projection, "B_b": projection,
+                "C_f": projection, "C_b": projection, "A_b": (channels, n_state), "D_f": per_channel,
+                "D_b": per_channel, "dt_bias_f": per_channel, "dt_bias_b": per_channel, "z": sequence}
+    for name, shape in expected.items():
+        tensor = getattr(inputs, name)
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} (from x_f {tuple(x_f.shape)} and "
+                             f"A_f {tuple(A_f.shape)}), got {tuple(tensor.shape)}")

@@ -36,7 +36,7 @@ except ImportError:  # CPU-only torch wheels ship without Triton
 
 if triton is not None:
     from . import triton_scan_kernels as _kernels
-from .scan_inputs import ScanInputs, scan_entry_point
+from .scan_inputs import ScanInputs, check_scan_shapes, scan_entry_point
 from .triton_scan_plan import (BackwardPlan, ForwardPlan, TritonScanConfig, _cdiv, backward_plan,  # noqa: F401
                                forward_plan)
 
@@ -88,12 +88,12 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b, z) -> None:
-    named = {"x_f": x_f, "x_b": x_b, "dt_f": dt_f, "dt_b": dt_b, "B_f": B_f, "B_b": B_b, "C_f": C_f, "C_b": C_b,
-             "A_f": A_f, "A_b": A_b, "D_f": D_f, "D_b": D_b, "dt_bias_f": bias_f, "dt_bias_b": bias_b}
-    if z is not None:
-        named["z"] = z
-    for name, t in named.items():
+def _check_inputs(inputs: ScanInputs) -> None:
+    """Every input a tensor the kernels read (z may be None), all on one device, with the scan's shapes."""
+    x_f = inputs.x_f
+    for name, t in inputs._asdict().items():
+        if name == "z" and t is None:
+            continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
         if t.dtype not in _SUPPORTED_DTYPES:
@@ -103,21 +103,8 @@ def _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, 
             )
         if t.device != x_f.device:
             raise ValueError(f"all inputs must be on one device: x_f is on {x_f.device}, {name} on {t.device}")
-    if x_f.dim() != 3:
-        raise ValueError(f"x_f must be (batch, L, E), got shape {tuple(x_f.shape)}")
-    batch, length, channels = x_f.shape
-    if A_f.dim() != 2 or A_f.shape[0] != channels:
-        raise ValueError(f"A_f must be (E, N) = ({channels}, N), got shape {tuple(A_f.shape)}")
-    n_state = A_f.shape[1]
-    expected = {"x_b": (batch, length, channels), "dt_f": (batch, length, channels),
-                "dt_b": (batch, length, channels), "z": (batch, length, channels),
-                "B_f": (batch, length, n_state), "B_b": (batch, length, n_state), "C_f": (batch, length, n_state),
-                "C_b": (batch, length, n_state), "A_b": (channels, n_state), "D_f": (channels,), "D_b": (channels,),
-                "dt_bias_f": (channels,), "dt_bias_b": (channels,)}
-    for name, shape in expected.items():
-        if name in named and tuple(named[name].shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} (from x_f {tuple(x_f.shape)} and A_f "
-                             f"{tuple(A_f.shape)}), got {tuple(named[name].shape)}")
+    check_scan_shapes(inputs)
+    batch = x_f.shape[0]
     if batch > _MAX_GRID_Y:
         raise ValueError(f"the Triton scan supports at most {_MAX_GRID_Y} sequences per call, got {batch}")
     if x_f.device.type != "cuda" and not INTERPRETED:
@@ -236,13 +223,14 @@ def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], state
             reduced(dbias_f, bias_f), reduced(dbias_b, bias_b), dz)
 
 
-def prepare_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b,
-                   z=None) -> Tuple[Tuple[torch.Tensor, ...], Optional[torch.Tensor]]:
+@scan_entry_point
+def prepare_inputs(inputs: ScanInputs) -> Tuple[Tuple[torch.Tensor, ...], Optional[torch.Tensor]]:
     """Check the inputs and bring them into the layout the kernels accept (unit last stride for the sequences,
     contiguous parameters; copies only where needed). Returns ``(inputs, z)`` for :func:`scan_forward`."""
-    _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
-    sequences = tuple(_unit_last_stride(t) for t in (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b))
-    parameters = tuple(t.contiguous() for t in (A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b))
+    _check_inputs(inputs)
+    *tensors, z = inputs
+    sequences = tuple(_unit_last_stride(t) for t in tensors[:8])  # x, dt, B, C of both directions
+    parameters = tuple(t.contiguous() for t in tensors[8:])  # A, D, dt_bias of both directions
     return sequences + parameters, (_unit_last_stride(z) if z is not None else None)
 
 
