@@ -187,6 +187,7 @@ def format_comparison(rows: Sequence[Dict[str, object]]) -> str:
 
 # ---------------------------------------------------------------------------------------------------- files
 def write_json(path: Path, document: Dict[str, object]) -> Path:
+    """``document`` as indented JSON, written atomically (the bench command and the benchmark scripts' --json)."""
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(document, indent=2) + "\n")
     return Path(path)
