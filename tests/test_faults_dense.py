@@ -30,12 +30,7 @@ from vimamba.train.distributed import DistInfo, seed_everything
 TINY_VIM = dict(embed_dim=16, depth=2, patch_size=8, stride=8, img_size=32, drop_path_rate=0.1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Killed(Exception):
