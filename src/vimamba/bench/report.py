@@ -168,6 +168,15 @@ def compare(measurements: Sequence[Measurement]) -> List[Dict[str, object]]:
     return rows
 
 
+def _compared_cells(row: Dict[str, object]) -> Optional[Tuple[str, str, str]]:
+    """(speed-up, peak memory saved, working memory saved) of a :func:`compare` row, formatted for the text and
+    Markdown tables; None where the two models were not both measured."""
+    if "speedup" not in row:
+        return None
+    working = f"{row['working_memory_saved']:.1%}" if "working_memory_saved" in row else "-"
+    return f"{row['speedup']:.2f}x", f"{row['peak_memory_saved']:.1%}", working
+
+
 def format_comparison(rows: Sequence[Dict[str, object]]) -> str:
     if not rows:
         return ""
@@ -175,10 +184,10 @@ def format_comparison(rows: Sequence[Dict[str, object]]) -> str:
              f"its memory / the other's):",
              f"  {'res':>5}  {'other model':<48} {'speed-up':>9} {'peak mem saved':>15} {'working mem saved':>18}"]
     for row in rows:
-        if "speedup" in row:
-            working = f"{row['working_memory_saved']:.1%}" if "working_memory_saved" in row else "-"
-            lines.append(f"  {row['resolution']:>5}  {row['other']:<48} {row['speedup']:>8.2f}x "
-                         f"{row['peak_memory_saved']:>15.1%} {working:>18}")
+        cells = _compared_cells(row)
+        if cells is not None:
+            speedup, peak, working = cells
+            lines.append(f"  {row['resolution']:>5}  {row['other']:<48} {speedup:>9} {peak:>15} {working:>18}")
         else:
             lines.append(f"  {row['resolution']:>5}  {row['other']:<48} not compared (this model: "
                          f"{row['status'].upper()}, other: {row['other_status'].upper()})")
@@ -232,10 +241,9 @@ def format_markdown(document: Dict[str, object], measurements: Sequence[Measurem
         lines += ["", f"{comparison[0]['model']} against the others:", "",
                   "| res | other | speed-up | peak memory saved | working memory saved |", "|---:|---|---:|---:|---:|"]
         for row in comparison:
-            if "speedup" in row:
-                working = f"{row['working_memory_saved']:.1%}" if "working_memory_saved" in row else "-"
-                lines.append(f"| {row['resolution']} | {row['other']} | {row['speedup']:.2f}x | "
-                             f"{row['peak_memory_saved']:.1%} | {working} |")
+            cells = _compared_cells(row)
+            if cells is not None:
+                lines.append(f"| {row['resolution']} | {row['other']} | {' | '.join(cells)} |")
             else:
                 lines.append(f"| {row['resolution']} | {row['other']} | {row['status'].upper()} vs "
                              f"{row['other_status'].upper()} | | |")
