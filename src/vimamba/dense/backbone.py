@@ -35,8 +35,8 @@ from ..models.registry import create_model
 from ..models.vim import VimConfig, VisionMamba
 from .configs import ConfigDict
 
-__all__ = ["BackboneConfig", "VimBackbone", "SimpleFeaturePyramid", "BackboneHooks", "default_out_indices",
-           "prefix_group_matcher", "build_backbone"]
+__all__ = ["BackboneConfig", "VimBackbone", "SimpleFeaturePyramid", "SubmoduleOptimiserHooks", "BackboneHooks",
+           "default_out_indices", "prefix_group_matcher", "build_backbone"]
 
 _NORMS = ("bn", "ln", "none")
 
@@ -174,13 +174,38 @@ def prefix_group_matcher(matcher: dict, prefix: str) -> dict:
     return out
 
 
-class VimBackbone(nn.Module):
+class SubmoduleOptimiserHooks:
+    """timm-style optimiser hooks of a module whose Vim sits in the submodule named by ``hooks_submodule``: that
+    submodule's group matcher and no-decay names (position embedding, class token), rewritten for the names they have
+    here, and its gradient checkpointing."""
+
+    hooks_submodule: str
+
+    def _hooked(self):
+        return getattr(self, self.hooks_submodule)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return prefix_group_matcher(self._hooked().group_matcher(coarse), f"{self.hooks_submodule}.")
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {f"{self.hooks_submodule}.{n}" for n in self._hooked().no_weight_decay()}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self._hooked().set_grad_checkpointing(enable)
+
+
+class VimBackbone(SubmoduleOptimiserHooks, nn.Module):
     """A Vim and a simple feature pyramid: images (B, 3, H, W) -> OrderedDict of maps at ``out_strides``.
 
     Has ``out_channels`` (torchvision detection models need it), ``out_strides``, and timm's ``group_matcher`` /
     ``no_weight_decay`` with the prefixed names of its parameters, so ``timm.optim.create_optimizer_v2(...,
     layer_decay=)`` scales the learning rate of each ``vim.layers.i``.
     """
+
+    hooks_submodule = "vim"
 
     def __init__(self, vim: VisionMamba, cfg: BackboneConfig):
         super().__init__()
@@ -224,21 +249,8 @@ class VimBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         return self.pyramid(self.forward_features(x))
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return prefix_group_matcher(self.vim.group_matcher(coarse), "vim.")
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        """The Vim's no-decay names (position embedding, class token) under their prefixed names."""
-        return {f"vim.{n}" for n in self.vim.no_weight_decay()}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.vim.set_grad_checkpointing(enable)
-
-
-class BackboneHooks:
+class BackboneHooks(SubmoduleOptimiserHooks):
     """timm-style optimiser hooks for a model whose ``backbone`` attribute is a :class:`VimBackbone`.
 
     The backbone's group matcher and no-decay names, rewritten for the prefixed names ``backbone.vim.*``, so timm's
@@ -246,18 +258,7 @@ class BackboneHooks:
     """
 
     backbone: VimBackbone
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return prefix_group_matcher(self.backbone.group_matcher(coarse), "backbone.")
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.backbone.set_grad_checkpointing(enable)
+    hooks_submodule = "backbone"
 
 
 def build_backbone(cfg: BackboneConfig, pretrained: Union[None, str, os.PathLike] = None) -> VimBackbone:
