@@ -36,6 +36,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import bidirectional_conv_silu, bidirectional_selective_scan, resolve_scan_impl
+from ..ops.scan_inputs import ScanInputs
 from .pos_embed import insert_cls_token, remove_cls_token, resize_pos_embed, same_grid
 
 __all__ = ["VimConfig", "VisionMamba", "VimBlock", "BiMambaMixer", "RMSNorm", "PatchEmbed"]
@@ -228,6 +229,16 @@ class BiMambaMixer(nn.Module):
         dt = F.linear(dt, dt_proj.weight)  # dt_proj's bias is added inside the scan, before the softplus
         return dt, B, C
 
+    def _scan_inputs(self, x_f: torch.Tensor, x_b: torch.Tensor, z: torch.Tensor) -> ScanInputs:
+        """The bidirectional scan's inputs from the two branches' conv outputs and the gate: each direction's dt, B
+        and C from its projections, A = -exp(A_log), D and the dt bias (parameters in float32, or wider)."""
+        dt_f, B_f, C_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
+        dt_b, B_b, C_b = self._ssm_inputs(x_b, self.x_proj_b, self.dt_proj_b)
+        wide = _float32_or_wider
+        return ScanInputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, -torch.exp(wide(self.A_log)),
+                          -torch.exp(wide(self.A_b_log)), wide(self.D), wide(self.D_b), wide(self.dt_proj.bias),
+                          wide(self.dt_proj_b.bias), z)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         impl = resolve_scan_impl(self.scan_impl, x.device)
@@ -235,15 +246,7 @@ class BiMambaMixer(nn.Module):
         # kernel does both in one pass when the scan runs natively too.
         x_f, x_b = bidirectional_conv_silu(x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
                                            self.conv1d_b.bias, native=impl == "cpp")
-        dt_f, B_f, C_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
-        dt_b, B_b, C_b = self._ssm_inputs(x_b, self.x_proj_b, self.dt_proj_b)
-        y = bidirectional_selective_scan(
-            x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b,
-            -torch.exp(_float32_or_wider(self.A_log)), -torch.exp(_float32_or_wider(self.A_b_log)),
-            _float32_or_wider(self.D), _float32_or_wider(self.D_b),
-            _float32_or_wider(self.dt_proj.bias), _float32_or_wider(self.dt_proj_b.bias),
-            z, impl=impl,
-        )  # silu(z) * (y_f + y_b) / 2
+        y = bidirectional_selective_scan(*self._scan_inputs(x_f, x_b, z), impl=impl)  # silu(z) * (y_f + y_b) / 2
         return self.out_proj(y)
 
 
