@@ -124,11 +124,18 @@ def _direction_args(x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch
     return [x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1)]
 
 
+def _directions(inputs: Tuple[torch.Tensor, ...]) -> Tuple[Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]:
+    """The 14 prepared inputs (``_f``/``_b`` pairs) as each direction's (x, dt, B, C, A, D, dt_bias), the order in
+    which the kernels take them."""
+    return tuple(inputs[0::2]), tuple(inputs[1::2])
+
+
 def _forward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], save_states: bool,
              config: TritonScanConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Launch the forward pass (with a summary and a carry pass first when sequences are split into segments).
     Returns (out, checkpoint states or None)."""
     x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b = inputs
+    dir_f, dir_b = _directions(inputs)
     batch, length, channels = x_f.shape
     n_state = A_f.shape[1]
     device, f32 = x_f.device, torch.float32
@@ -150,10 +157,8 @@ def _forward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], save_s
 
     def launch(summary: bool) -> None:
         _kernels.bidirectional_scan_fwd_kernel[grid](
-            x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
-            x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
-            z_arg, out, states if states is not None else out, carry, end, dsum,
-            *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
+            *dir_f, *dir_b, z_arg, out, states if states is not None else out, carry, end, dsum,
+            *_direction_args(*dir_f[:4]), *_direction_args(*dir_b[:4]),
             z_arg.stride(0), z_arg.stride(1), out.stride(0), out.stride(1),
             length, channels, n_state, plan.n_chunks, plan.n_segments, plan.seg_len,
             HAS_Z=z is not None, SAVE_STATES=save_states and not summary, SEEDED=seeded and not summary,
@@ -178,6 +183,7 @@ def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], state
     """Launch the backward kernel. Returns the gradients of (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b,
     D_f, D_b, dt_bias_f, dt_bias_b, z)."""
     x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b = inputs
+    dir_f, dir_b = _directions(inputs)
     batch, length, channels = x_f.shape
     n_state = A_f.shape[1]
     device, f32 = x_f.device, torch.float32
@@ -197,16 +203,13 @@ def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], state
                           dtype=f32, device=device)
     z_arg = z if z is not None else x_f  # never read without z
     dz_arg = dz if dz is not None else dx_f  # never written without z
+    grads_f = (dx_f, ddt_f, dB_f, dC_f, dA_f, dD_f, dbias_f)  # in the order of each direction's inputs
+    grads_b = (dx_b, ddt_b, dB_b, dC_b, dA_b, dD_b, dbias_b)
 
     with _on_device(device):
         _kernels.bidirectional_scan_bwd_kernel[(plan.groups, batch)](
-            x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
-            x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
-            z_arg, dout, states, scratch,
-            dx_f, ddt_f, dB_f, dC_f, dA_f, dD_f, dbias_f,
-            dx_b, ddt_b, dB_b, dC_b, dA_b, dD_b, dbias_b,
-            dz_arg,
-            *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
+            *dir_f, *dir_b, z_arg, dout, states, scratch, *grads_f, *grads_b, dz_arg,
+            *_direction_args(*dir_f[:4]), *_direction_args(*dir_b[:4]),
             z_arg.stride(0), z_arg.stride(1), dout.stride(0), dout.stride(1), dx_f.stride(0), dx_f.stride(1),
             dB_f.stride(0), dB_f.stride(1), dB_f.stride(2),
             length, channels, n_state, n_chunks, plan.blocks_per_group,
