@@ -17,6 +17,7 @@ import torch
 
 from ..io import atomic_write
 from .measure import Measurement
+from ..errors import InputError, MissingFileError
 
 __all__ = ["FORMAT", "collect_environment", "load_average", "format_measurement", "format_table", "compare",
            "format_comparison", "format_markdown", "write_json", "write_csv", "write_markdown", "read_results"]
@@ -273,15 +274,15 @@ def read_results(path: os.PathLike) -> Tuple[Dict[str, object], List[Measurement
     """Load a ``bench.json`` written by ``vimamba bench``: (the document, its measurements)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no benchmark results at {path}")
+        raise MissingFileError(f"no benchmark results at {path}", path)
     try:
         document = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a JSON file ({e})") from e
+        raise InputError(f"{path} is not a JSON file ({e})") from e
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a `vimamba bench` results file (expected \"format\": \"{FORMAT}\")")
+        raise InputError(f"{path} is not a `vimamba bench` results file (expected \"format\": \"{FORMAT}\")")
     try:
         measurements = [Measurement(**row) for row in document["measurements"]]
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: malformed measurements ({e})") from e
+        raise InputError(f"{path}: malformed measurements ({e})") from e
     return document, measurements

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..errors import UserError, file_system_error
+from ..errors import MissingFileError, UserError, file_system_error
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TASKS", "CheckpointFormatError", "make_checkpoint", "is_current_format",
            "load_checkpoint_file"]
@@ -107,7 +107,7 @@ def load_checkpoint_file(path: PathLike, *, trust_pickle: bool = False) -> Any:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
+        raise MissingFileError(f"checkpoint not found: '{path}'", path)
     if path.is_dir():
         raise CheckpointFormatError(f"'{path}' is a folder; give the checkpoint file inside it (e.g. "
                                     f"'{path / 'last.pth'}')")

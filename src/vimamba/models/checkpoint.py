@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..errors import UserError
 from ..io import atomic_write
 from .pos_embed import infer_square_grid, resize_pos_embed
 from .variants import find_registered_name
@@ -55,7 +56,7 @@ _MODEL_KEYS = ("model", "state_dict", "module", "model_state_dict")
 _EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read, or whose weights do not fit the model."""
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
 from .vim import VimConfig
+from ..errors import ArgumentsError, InputError, UnknownNameError
 
 __all__ = ["ModelEntry", "VARIANTS", "OFFICIAL_REPOSITORY", "resolve_name", "get_model_entry", "list_models",
            "model_config", "find_registered_name"]
@@ -65,7 +66,7 @@ def _check_table() -> None:
     for entry in VARIANTS.values():
         unknown = set(entry.config) - valid
         if unknown:
-            raise ValueError(f"model {entry.name}: unknown config fields {sorted(unknown)}")
+            raise InputError(f"model {entry.name}: unknown config fields {sorted(unknown)}")
 
 
 _check_table()
@@ -80,7 +81,7 @@ def resolve_name(name: str) -> str:
         return _ALIASES[base]
     close = fnmatch.filter(list(VARIANTS) + list(_ALIASES), f"*{base.replace('_', '*')}*")[:3]
     hint = f" Did you mean {close}?" if close else ""
-    raise KeyError(f"unknown Vim model {name!r}.{hint} Registered: {sorted(VARIANTS)}")
+    raise UnknownNameError(f"unknown Vim model {name!r}.{hint} Registered: {sorted(VARIANTS)}")
 
 
 def get_model_entry(name: str) -> ModelEntry:
@@ -99,7 +100,7 @@ def model_config(name: str, **overrides) -> VimConfig:
     valid = {f.name for f in fields(VimConfig)}
     unknown = set(overrides) - valid
     if unknown:
-        raise TypeError(
+        raise ArgumentsError(
             f"create_model({name!r}): unknown arguments {sorted(unknown)}; a Vim model takes {sorted(valid)}"
         )
     return VimConfig(**{**entry.config, **overrides})

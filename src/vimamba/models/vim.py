@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from ..ops import bidirectional_conv_silu, bidirectional_selective_scan, resolve_scan_impl
 from ..ops.scan_inputs import ScanInputs
 from .pos_embed import insert_cls_token, remove_cls_token, resize_pos_embed, same_grid
+from ..errors import InputError
 
 __all__ = ["VimConfig", "VisionMamba", "VimBlock", "BiMambaMixer", "RMSNorm", "PatchEmbed"]
 
@@ -47,7 +48,7 @@ def _to_2tuple(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
         return (v, v)
     v = tuple(int(i) for i in v)
     if len(v) != 2:
-        raise ValueError(f"expected an int or a pair (height, width), got {v}")
+        raise InputError(f"expected an int or a pair (height, width), got {v}")
     return v  # type: ignore[return-value]
 
 
@@ -91,15 +92,15 @@ class VimConfig:
         for name in ("patch_size", "stride", "in_chans", "embed_dim", "depth", "d_state", "expand", "d_conv"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"VimConfig.{name} must be a positive integer, got {value!r}")
+                raise InputError(f"VimConfig.{name} must be a positive integer, got {value!r}")
         if self.num_classes < 0:
-            raise ValueError(f"VimConfig.num_classes must be >= 0 (0 = no head), got {self.num_classes}")
+            raise InputError(f"VimConfig.num_classes must be >= 0 (0 = no head), got {self.num_classes}")
         if self.stride > self.patch_size:
-            raise ValueError(f"stride {self.stride} > patch_size {self.patch_size} would skip pixels")
+            raise InputError(f"stride {self.stride} > patch_size {self.patch_size} would skip pixels")
         if min(self.img_size) < self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is smaller than one patch ({self.patch_size})")
+            raise InputError(f"img_size {self.img_size} is smaller than one patch ({self.patch_size})")
         if self.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+            raise InputError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
 
     @property
     def d_inner(self) -> int:
@@ -119,7 +120,7 @@ class VimConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown VimConfig fields {unknown}; known fields: {sorted(known)}")
+            raise InputError(f"unknown VimConfig fields {unknown}; known fields: {sorted(known)}")
         return cls(**d)
 
 
@@ -163,11 +164,11 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         if x.dim() != 4:
-            raise ValueError(f"expected images of shape (batch, channels, height, width), got {tuple(x.shape)}")
+            raise InputError(f"expected images of shape (batch, channels, height, width), got {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
-            raise ValueError(f"the model takes {self.in_chans}-channel images, got {x.shape[1]} channels")
+            raise InputError(f"the model takes {self.in_chans}-channel images, got {x.shape[1]} channels")
         if min(x.shape[-2:]) < self.patch_size:
-            raise ValueError(f"image {tuple(x.shape[-2:])} is smaller than one {self.patch_size}x{self.patch_size} patch")
+            raise InputError(f"image {tuple(x.shape[-2:])} is smaller than one {self.patch_size}x{self.patch_size} patch")
         x = self.proj(x)
         grid = (x.shape[-2], x.shape[-1])
         return x.flatten(2).transpose(1, 2), grid
@@ -341,7 +342,7 @@ class VisionMamba(nn.Module):
         self.num_classes = self.cfg.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+                raise InputError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
             self.global_pool = self.cfg.global_pool = global_pool
         device = self.pos_embed.device
         self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
@@ -357,7 +358,7 @@ class VisionMamba(nn.Module):
         anything else that does not fit is refused (see :func:`vimamba.models.weights.load_pretrained`).
         """
         if prefix:
-            raise ValueError("Vim checkpoints have no prefix to strip; load_pretrained takes prefix=''")
+            raise InputError("Vim checkpoints have no prefix to strip; load_pretrained takes prefix=''")
         from .weights import load_pretrained  # imported on use: the weights module depends on this one
 
         load_pretrained(self, checkpoint_path)
@@ -369,7 +370,7 @@ class VisionMamba(nn.Module):
         old_grid = pe.grid_size
         if stride is not None:
             if stride > pe.patch_size:
-                raise ValueError(f"stride {stride} > patch_size {pe.patch_size}")
+                raise InputError(f"stride {stride} > patch_size {pe.patch_size}")
             pe.stride = stride
             pe.proj.stride = (stride, stride)
             self.cfg.stride = stride
@@ -458,9 +459,9 @@ class VisionMamba(nn.Module):
             intermediates)``; with ``return_prefix_tokens`` each intermediate is a pair (map, class_token).
         """
         if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+            raise InputError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         if feature not in ("residual", "mixer"):
-            raise ValueError(f"feature must be 'residual' or 'mixer', got {feature!r}")
+            raise InputError(f"feature must be 'residual' or 'mixer', got {feature!r}")
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         take = set(take_indices)
 
