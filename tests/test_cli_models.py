@@ -5,7 +5,7 @@ import torch
 
 import vimamba
 from vimamba.cli import main
-from vimamba.models import read_checkpoint
+from vimamba.checkpoints import read_checkpoint
 
 from conftest import tiny_vim
 
@@ -38,7 +38,7 @@ def test_convert_official_layout_to_safetensors(tmp_path, capsys):
     assert main(["convert", str(src), str(out), "--weights", "ema"]) == 0
     assert "weights from 'model_ema'" in capsys.readouterr().out
     ckpt = read_checkpoint(out)
-    assert all(torch.equal(ckpt.state_dict[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(ckpt.weights[k], v) for k, v in model.state_dict().items())
 
 
 def test_user_errors_are_one_line_messages(tmp_path, capsys):
