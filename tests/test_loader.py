@@ -327,3 +327,18 @@ def test_damaged_files_are_one_clear_error(tmp_path):
     torch.save({"model": {"encoder.weight": torch.zeros(3, 3)}}, tmp_path / "foreign.pth")
     with pytest.raises(CheckpointFormatError, match="foreign.pth.*pretraining objective.*without the record"):
         load_model(tmp_path / "foreign.pth")
+
+
+def test_pretraining_checkpoints_of_every_layout_initialise_a_classifier(tmp_path):
+    from vimamba.checkpoints import pretraining_checkpoint
+    from vimamba.pretrain import classifier_from_pretraining
+
+    objective, checkpoint, _ = _current_format("pretraining")
+    torch.save(checkpoint, tmp_path / "current.pth")
+    _, legacy, _, _ = _legacy("vimamba-1-pretraining", tmp_path)
+    for path in (tmp_path / "current.pth", legacy):
+        pretrained = pretraining_checkpoint(read_checkpoint(path))
+        assert pretrained.objective == "mae" and pretrained.record["preprocessing"] == PRE
+        classifier, report = classifier_from_pretraining(pretrained, num_classes=3)
+        assert report.new == ["head.weight", "head.bias"]
+        torch.testing.assert_close(classifier.layers[1].mixer.A_log, objective.encoder.layers[1].mixer.A_log)

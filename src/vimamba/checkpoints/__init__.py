@@ -6,8 +6,9 @@ embeddings); the model builders are imported when a model is built, so ``vimamba
 """
 from .format import (FORMAT, FORMAT_VERSION, TASKS, CheckpointFormatError, is_current_format, load_checkpoint_file,
                      make_checkpoint)
-from .loading import SOURCE_FORMATS, RunCheckpoint, build_model, dense_config, load_model, read_checkpoint, vim_arch
+from .loading import (SOURCE_FORMATS, RunCheckpoint, build_model, dense_config, load_model, pretraining_checkpoint,
+                      read_checkpoint, vim_arch)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TASKS", "CheckpointFormatError", "is_current_format", "load_checkpoint_file",
            "make_checkpoint", "SOURCE_FORMATS", "RunCheckpoint", "read_checkpoint", "build_model", "load_model",
-           "dense_config", "vim_arch"]
+           "dense_config", "pretraining_checkpoint", "vim_arch"]

@@ -39,6 +39,7 @@ from .format import FORMAT, FORMAT_VERSION, TASKS, CheckpointFormatError, is_cur
 from .state_dicts import EMA_KEYS, clean_state_dict, describe_foreign, infer_config, is_state_dict, select_weights
 
 __all__ = ["RunCheckpoint", "read_checkpoint", "build_model", "load_model", "vim_arch", "dense_config",
+           "pretraining_checkpoint",
            "SOURCE_FORMATS", "CONFIG_KEY", "CLASS_NAMES_KEY", "PREPROCESSING_KEY", "ARCH_KEY"]
 
 PathLike = Union[str, os.PathLike]
@@ -356,7 +357,9 @@ def build_model(ckpt: RunCheckpoint, *, use_ema: bool = False, task: Union[None,
         model = build_dense_model(found, dense_config(ckpt))
         _load_exactly(model, weights, ckpt, "the model its own config describes")
     else:
-        model = _build_objective(ckpt, weights)
+        from ..pretrain.transfer import objective_from_pretraining
+
+        model = objective_from_pretraining(pretraining_checkpoint(ckpt, use_ema=use_ema))
     return model.eval()
 
 
@@ -407,14 +410,17 @@ def dense_config(ckpt: RunCheckpoint):
                                     f"{e}") from e
 
 
-def _build_objective(ckpt: RunCheckpoint, weights: Dict[str, torch.Tensor]) -> nn.Module:
-    from ..pretrain.transfer import PretrainingCheckpoint, objective_from_pretraining
+def pretraining_checkpoint(ckpt: RunCheckpoint, *, use_ema: bool = False):
+    """A pretraining checkpoint of any layout as :class:`vimamba.pretrain.transfer.PretrainingCheckpoint`, what
+    ``objective_from_pretraining`` / ``classifier_from_pretraining`` take."""
+    from ..pretrain.transfer import PretrainingCheckpoint
 
-    record = dict(ckpt.task_config)
+    _check_task(ckpt, "pretraining")
+    weights, _ = ckpt.select("ema" if use_ema else "auto")
+    record = {**ckpt.task_config, "preprocessing": ckpt.preprocessing}
     if not record.get("encoder_config"):
         record["encoder_config"] = ckpt.vim_config()
-    return objective_from_pretraining(PretrainingCheckpoint(str(record.get("objective")), weights, record,
-                                                            ckpt.where))
+    return PretrainingCheckpoint(str(record.get("objective")), weights, record, ckpt.where)
 
 
 def load_model(source: Union[PathLike, RunCheckpoint], *, weights: str = "auto", trust_pickle: bool = False,
