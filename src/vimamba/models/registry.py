@@ -19,10 +19,9 @@ registration. The official long names are registered too, as aliases.
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Union
 
 import timm
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
