@@ -16,7 +16,7 @@ from vimamba.dense.checkpoint import build_dense_model, dense_checkpoint_extra, 
 from vimamba.dense.detector import DetectorConfig
 from vimamba.dense.segmentor import SegmentorConfig
 from vimamba.models.vim import VimConfig
-from vimamba.pretrain import MAEObjective, save_pretraining_checkpoint
+from vimamba.pretrain import MAEObjective
 from vimamba.train.models import create_classifier, load_classifier
 
 from conftest import tiny_vim
@@ -184,9 +184,13 @@ def _legacy(kind, tmp_path):
                     "global_step": 2, "config": {"iterations": 2},
                     **dense_checkpoint_extra("segmentation", config, ["a", "b", "c"], {"crop_size": [32, 32]})}, path)
         return model, path, "segmentation", _images(size=32)
-    if kind == "vimamba-1-pretraining":  # pretrain/transfer.py
+    if kind == "vimamba-1-pretraining":  # pretrain/transfer.py save_pretraining_checkpoint
         model = _seeded(_objective)
-        save_pretraining_checkpoint(model, path, config={"epochs": 1}, preprocessing=PRE)
+        encoder = _encoder_config().to_dict()
+        encoder.pop("scan_impl")
+        record = {"objective": "mae", "encoder_config": encoder, "objective_kwargs": dict(model.hparams),
+                  "objective_config": {"epochs": 1}, "preprocessing": PRE}
+        torch.save({"model": model.state_dict(), "pretraining": record}, path)
         return model, path, "pretraining", _images()
     model = _seeded(_vim_classifier)
     if kind == "vimamba-1-weights":  # models/checkpoint.py save_weights before the current format
