@@ -12,12 +12,12 @@ from vimamba.checkpoints import (CheckpointFormatError, build_model, load_model,
 from vimamba.cli import main
 from vimamba.data.transforms import Preprocessing
 from vimamba.dense.backbone import BackboneConfig
-from vimamba.dense.checkpoint import build_dense_model, dense_checkpoint_extra, load_dense_model
+from vimamba.dense.checkpoint import build_dense_model, load_dense_model
 from vimamba.dense.detector import DetectorConfig
 from vimamba.dense.segmentor import SegmentorConfig
 from vimamba.models.vim import VimConfig
 from vimamba.pretrain import MAEObjective
-from vimamba.train.models import create_classifier, load_classifier
+from vimamba.train.models import load_classifier
 
 from conftest import tiny_vim
 
@@ -160,9 +160,10 @@ def _legacy(kind, tmp_path):
     """(model, path of the file earlier vimamba versions / the official code wrote for it, expected task, images)."""
     path = tmp_path / f"{kind}.pth"
     if kind == "vimamba-1-train":  # train/runner.py + train/checkpointing.py
-        torch.manual_seed(0)
-        model, spec = create_classifier("vim_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=16, depth=2,
-                                        d_state=4, num_classes=5, drop_path=0.0)
+        kwargs = dict(img_size=16, patch_size=4, stride=4, embed_dim=16, depth=2, d_state=4, num_classes=5,
+                      drop_path_rate=0.0)
+        spec = {"family": "vim", "name": "vim_tiny_patch16_224", "kwargs": kwargs}
+        model = _seeded(lambda: vimamba.create_model("vim_tiny_patch16_224", **kwargs))
         config = model.cfg.to_dict()
         config.pop("scan_impl")
         torch.save({"model": model.state_dict(), "model_ema": model.state_dict(), "optimizer": {}, "epoch": 2,
@@ -171,9 +172,9 @@ def _legacy(kind, tmp_path):
                     "preprocessing": PRE, "vimamba_config": config, "arch": None}, path)
         return model, path, "classification", _images()
     if kind == "vimamba-1-train-timm":
-        torch.manual_seed(0)
-        model, spec = create_classifier("deit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=16, depth=2,
-                                        num_heads=2, num_classes=5)
+        model = _seeded(_timm_classifier)
+        spec = {"family": "timm", "name": "deit_tiny_patch16_224",
+                "kwargs": dict(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=5)}
         torch.save({"model": model.state_dict(), "global_step": 3, "epoch": 1, "batch_in_epoch": 0,
                     "config": {}, "model_spec": spec, "class_names": CLASSES, "preprocessing": PRE}, path)
         return model, path, "classification", _images()
@@ -182,7 +183,8 @@ def _legacy(kind, tmp_path):
         model = _seeded(lambda: build_dense_model("segmentation", config))
         torch.save({"model": model.state_dict(), "optimizer": {}, "scaler": {}, "epoch": 0, "batch_in_epoch": 2,
                     "global_step": 2, "config": {"iterations": 2},
-                    **dense_checkpoint_extra("segmentation", config, ["a", "b", "c"], {"crop_size": [32, 32]})}, path)
+                    "dense_task": "segmentation", "dense_config": config.to_dict(), "class_names": ["a", "b", "c"],
+                    "data_config": {"crop_size": [32, 32]}}, path)
         return model, path, "segmentation", _images(size=32)
     if kind == "vimamba-1-pretraining":  # pretrain/transfer.py save_pretraining_checkpoint
         model = _seeded(_objective)
