@@ -92,7 +92,8 @@ class RunCheckpoint:
     path: Optional[Path] = None
     weights_key: str = "'model'"  # where ``weights`` came from in the file
     ema_key: str = "'model_ema'"  # where ``ema_weights`` came from
-    extra: Dict[str, Any] = field(default_factory=dict)  # format 2: epoch, batch_in_epoch, best_metric
+    progress: Dict[str, Any] = field(default_factory=dict)  # where a training run stopped: epoch, batch_in_epoch,
+    # best_metric (those the file has)
 
     @property
     def where(self) -> str:
@@ -168,6 +169,7 @@ def _from_object(obj: Any, path: Optional[Path] = None) -> RunCheckpoint:
     else:
         ckpt = _from_weights_file(obj, where)
     ckpt.path = path
+    ckpt.progress = {k: obj[k] for k in ("epoch", "batch_in_epoch", "best_metric") if obj.get(k) is not None}
     return ckpt
 
 
@@ -203,8 +205,7 @@ def _from_current_format(obj: Dict[str, Any], where: str) -> RunCheckpoint:
         task_config=dict(obj.get("task_config") or {}), preprocessing=obj.get("preprocessing"),
         class_names=list(obj.get("class_names") or []), data_config=dict(obj.get("data_config") or {}),
         weights=_state(obj, "model", where), ema_weights=_state(obj, "model_ema", where, required=False),
-        step=_step(obj), config=dict(obj.get("config") or {}), source_format="vimamba-2",
-        extra={k: obj.get(k) for k in ("epoch", "batch_in_epoch", "best_metric")})
+        step=_step(obj), config=dict(obj.get("config") or {}), source_format="vimamba-2")
 
 
 def _from_training(obj: Dict[str, Any], where: str) -> RunCheckpoint:

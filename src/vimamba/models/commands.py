@@ -115,7 +115,7 @@ def _info_checkpoint(args) -> int:
     vim = ckpt.vim_config()
     info = {
         "path": str(ckpt.path), "source_format": ckpt.source_format, "task": ckpt.task, "arch": ckpt.arch,
-        "task_config": ckpt.task_config, "step": ckpt.step, "num_classes": len(ckpt.class_names),
+        "task_config": ckpt.task_config, "step": ckpt.step, "progress": ckpt.progress, "num_classes": len(ckpt.class_names),
         "class_names": ckpt.class_names, "preprocessing": ckpt.preprocessing, "data_config": ckpt.data_config,
         "weights": {"from": ckpt.weights_key, "tensors": len(ckpt.weights),
                     "values": sum(v.numel() for v in ckpt.weights.values()), "ema": ckpt.ema_weights is not None},
@@ -132,8 +132,9 @@ def _info_checkpoint(args) -> int:
         overrides = ", ".join(f"{k}={v}" for k, v in ckpt.arch["overrides"].items())
         print(f"architecture: {ckpt.arch['name']} ({ckpt.arch['family']})" + (f" with {overrides}" if overrides
                                                                               else ""))
-    if ckpt.step is not None:
-        print(f"step: {ckpt.step}")
+    if ckpt.step is not None or ckpt.progress:
+        details = ", ".join(f"{k.replace('_', ' ')} {json.dumps(v, default=str)}" for k, v in ckpt.progress.items())
+        print(f"step: {ckpt.step if ckpt.step is not None else '-'}" + (f" ({details})" if details else ""))
     weights = info["weights"]
     print(f"weights: {weights['tensors']} tensors, {weights['values']:,} values, from {ckpt.weights_key}"
           + (" (+ EMA weights)" if weights["ema"] else ""))
