@@ -18,7 +18,6 @@ loaded machine the absolute figures mean little; the ratios are the result.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import vimamba  # noqa: F401  (registers the Vim models with timm)
-from vimamba.bench.report import cpu_model
+from vimamba.bench.report import cpu_model, write_json
 from vimamba.models.registry import create_model
 
 CASES = ("demo_train", "vim_ti_train", "infer_224", "infer_1024")
@@ -139,8 +138,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                   f"{r['deit_compiled_ms']:.1f} ms; Vim/DeiT eager {r['vim_over_deit_eager']:.2f}, compiled "
                   f"{r['vim_over_deit_compiled']:.2f}, best of each {r['vim_over_deit_best']:.2f}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.json, result)
     return result
 
 

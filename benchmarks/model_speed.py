@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import vimamba  # noqa: F401  (registers the Vim models with timm)
-from vimamba.bench.report import cpu_model
+from vimamba.bench.report import cpu_model, write_json
 from vimamba.models.registry import create_model
 
 
@@ -165,8 +165,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         result["memory"] = memory(args.memory_impls, args.memory_sizes, args.memory_depth, args.memory_batch,
                                   torch.get_num_threads())
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.json, result)
     return result
 
 

@@ -12,13 +12,13 @@ backward at the largest sizes) are skipped and listed as such.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Callable, Dict, List, Optional
 
 import torch
 
+from vimamba.bench.report import write_json
 from vimamba.ops import bidirectional_selective_scan
 
 # Work (batch * L) above which a measurement is skipped, per implementation and mode; None = never skipped.
@@ -127,8 +127,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                   d_state=args.d_state, rows=rows, skip_above=[dict(impl=k[0], mode=k[1], batch_x_length=v)
                                                               for k, v in SKIP_ABOVE.items()])
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.json, result)
     return result
 
 

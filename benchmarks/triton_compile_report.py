@@ -87,29 +87,44 @@ class Variant:
     record: Dict[str, object] = field(default_factory=dict)
 
 
+class _Mixer:
+    """The stand-in arguments the launcher passes for one dtype, width and length: the sequences (x, dt: (batch, L,
+    E); B, C: slices of the x_proj output; z: half of the in_proj output) and the float32 parameters (A, D, dt bias)."""
+
+    n_state, batch = 16, 8
+
+    def __init__(self, dtype: str, channels: int, length: int) -> None:
+        self.seq, self.f32 = _Tensor(dtype), _Tensor("float32")
+        self.channels, self.length = channels, length
+        self.xproj_stride = DT_RANK[channels] + 2 * self.n_state
+        self.inproj_stride = 2 * channels
+
+    def direction(self) -> tuple:
+        """x, dt, B, C, A, D, dt_bias of one direction."""
+        return (self.seq,) * 4 + (self.f32,) * 3
+
+    def direction_strides(self) -> tuple:
+        """(batch, token) strides of x, dt, B and C of one direction, as ``triton_scan._direction_args`` has them."""
+        tokens, xproj = self.length * self.channels, self.length * self.xproj_stride
+        return tokens, self.channels, tokens, self.channels, xproj, self.xproj_stride, xproj, self.xproj_stride
+
+    def z_strides(self) -> tuple:
+        return self.length * self.inproj_stride, self.inproj_stride
+
+
 def _forward_variants(kernels, plans, dtype: str, has_z: bool, channels: int, length: int, mode: str) -> Variant:
     config = plans.TritonScanConfig()
-    n_state, batch = 16, 8
-    seq = _Tensor(dtype)
-    f32 = _Tensor("float32")
-    xproj_stride = DT_RANK[channels] + 2 * n_state
-    inproj_stride = 2 * channels
+    m = _Mixer(dtype, channels, length)
     # target programs: 4 per SM of an H100/H200; "seg" variants are what batch 1 at this length gets
     target = 4 * 132
-    plan = plans.forward_plan(1 if mode.startswith("seg") else batch, length, channels, n_state, target, config)
+    plan = plans.forward_plan(1 if mode.startswith("seg") else m.batch, length, channels, m.n_state, target, config)
     summary = mode == "seg-summary"
     seeded = mode.startswith("seg") and plan.n_segments > 1 and not summary
     save = mode in ("train", "seg-train")
     args = (
-        seq, seq, seq, seq, f32, f32, f32,
-        seq, seq, seq, seq, f32, f32, f32,
-        seq, seq, f32, f32, f32, f32,
-        length * channels, channels, length * channels, channels, length * xproj_stride, xproj_stride,
-        length * xproj_stride, xproj_stride,
-        length * channels, channels, length * channels, channels, length * xproj_stride, xproj_stride,
-        length * xproj_stride, xproj_stride,
-        length * inproj_stride, inproj_stride, length * channels, channels,
-        length, channels, n_state, plan.n_chunks, plan.n_segments, plan.seg_len,
+        *m.direction(), *m.direction(), m.seq, m.seq, m.f32, m.f32, m.f32, m.f32,
+        *m.direction_strides(), *m.direction_strides(), *m.z_strides(), length * channels, channels,
+        length, channels, m.n_state, plan.n_chunks, plan.n_segments, plan.seg_len,
     )
     constexprs = dict(HAS_Z=has_z, SAVE_STATES=save and not summary, SEEDED=seeded, SUMMARY=summary,
                       CK=config.checkpoint, BLOCK_E=plan.block_e, BLOCK_N=plan.block_n)
@@ -121,27 +136,15 @@ def _forward_variants(kernels, plans, dtype: str, has_z: bool, channels: int, le
 def _backward_variant(kernels, plans, dtype: str, has_z: bool, channels: int, length: int,
                       deterministic: bool) -> Variant:
     config = plans.TritonScanConfig()
-    n_state, batch = 16, 8
-    seq = _Tensor(dtype)
-    f32 = _Tensor("float32")
-    xproj_stride = DT_RANK[channels] + 2 * n_state
-    inproj_stride = 2 * channels
-    plan = plans.backward_plan(batch, channels, n_state, 4 * 132, config)
+    m = _Mixer(dtype, channels, length)
+    plan = plans.backward_plan(m.batch, channels, m.n_state, 4 * 132, config)
     n_chunks = -(-length // config.checkpoint)
+    gradients = (m.seq, m.seq) + (m.f32,) * 5  # dx, ddt in the input dtype; dB, dC, dA, dD, dbias float32
     args = (
-        seq, seq, seq, seq, f32, f32, f32,
-        seq, seq, seq, seq, f32, f32, f32,
-        seq, seq, f32, f32,
-        seq, seq, f32, f32, f32, f32, f32,
-        seq, seq, f32, f32, f32, f32, f32,
-        seq,
-        length * channels, channels, length * channels, channels, length * xproj_stride, xproj_stride,
-        length * xproj_stride, xproj_stride,
-        length * channels, channels, length * channels, channels, length * xproj_stride, xproj_stride,
-        length * xproj_stride, xproj_stride,
-        length * inproj_stride, inproj_stride, length * channels, channels, length * channels, channels,
-        batch * length * n_state, length * n_state, n_state,
-        length, channels, n_state, n_chunks, plan.blocks_per_group,
+        *m.direction(), *m.direction(), m.seq, m.seq, m.f32, m.f32, *gradients, *gradients, m.seq,
+        *m.direction_strides(), *m.direction_strides(), *m.z_strides(), length * channels, channels,
+        length * channels, channels, m.batch * length * m.n_state, length * m.n_state, m.n_state,
+        length, channels, m.n_state, n_chunks, plan.blocks_per_group,
     )
     constexprs = dict(HAS_Z=has_z, CK=config.checkpoint, ITEMS=config.items_bwd, BLOCK_E=plan.block_e,
                       BLOCK_N=plan.block_n)

@@ -13,15 +13,16 @@ def tiny_vim(**overrides):
 
 
 @pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread is several times faster than two fighting over a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def seed():
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole test module: tiny models run fastest on one thread and do not fight other
+    processes for the cores. A module asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import vimamba
-from vimamba.models import CheckpointError, load_checkpoint, read_checkpoint, save_weights
-from vimamba.models.checkpoint import infer_config
+from vimamba.checkpoints import read_checkpoint
+from vimamba.checkpoints.state_dicts import infer_config
+from vimamba.models import CheckpointError, load_checkpoint, save_weights
 
 from conftest import tiny_vim
 
@@ -23,7 +24,10 @@ def test_round_trip_keeps_weights_config_and_class_names(tmp_path, seed, suffix)
     names = ["cat", "dog", "emu", "fox", "gnu"]
     path = save_weights(model, tmp_path / f"w{suffix}", class_names=names)
     ckpt = read_checkpoint(path)
-    assert ckpt.class_names == names and ckpt.config["img_size"] == [16, 12] and ckpt.arch == "vim_tiny_patch16_224"
+    assert ckpt.class_names == names and ckpt.vim_config()["img_size"] == [16, 12]
+    assert ckpt.arch["name"] == "vim_tiny_patch16_224" and ckpt.arch["overrides"]["embed_dim"] == 16
+    assert ckpt.task == "classification"
+    assert ckpt.source_format == {".pth": "vimamba-2", ".safetensors": "safetensors"}[suffix]
     rebuilt = vimamba.load_model(path)
     assert _same_weights(model, rebuilt) and rebuilt.class_names == names
     assert rebuilt.cfg == model.cfg
@@ -55,7 +59,7 @@ def test_bare_and_wrapped_state_dicts(tmp_path, seed):
     load_checkpoint(model, tmp_path / "ddp.pth")
     assert _same_weights(model, trained)
     with pytest.raises(CheckpointError, match="no EMA weights"):
-        read_checkpoint(tmp_path / "ddp.pth", weights="ema")
+        read_checkpoint(tmp_path / "ddp.pth").select("ema")
 
 
 def test_official_architecture_is_inferred_from_the_shapes(tmp_path):

@@ -29,12 +29,7 @@ PRE = Preprocessing(img_size=(16, 16), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3
                     crop_pct=0.9)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ from vimamba.train.models import create_classifier
 from vimamba.train.classification import run_training
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(root: Path, out: Path, **overrides):

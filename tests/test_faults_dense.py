@@ -30,7 +30,7 @@ from vimamba.engine.loop import run
 TINY_VIM = dict(embed_dim=16, depth=2, patch_size=8, stride=8, img_size=32, drop_path_rate=0.1)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Killed(Exception):

@@ -30,12 +30,7 @@ from vimamba.train.classification import run_training
 SRC = str(Path(vimamba.__file__).resolve().parents[1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(model="vim_tiny_patch16_224", embed_dim=16, depth=1, patch_size=4, img_size=16, epochs=1, batch_size=8,

@@ -1,4 +1,6 @@
 """The reference selective scan and the depthwise convolutions against closed forms written independently."""
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,6 +84,21 @@ def test_bidirectional_reference_combines_both_directions():
     via_entry = bidirectional_selective_scan(u, u2, delta, delta2, B, B2, C, C2, A, A2, D, D2, bias, bias2, z,
                                              impl="reference")
     torch.testing.assert_close(via_entry, got, rtol=0, atol=0)
+
+
+def test_scan_inputs_bind_by_position_or_by_name():
+    u, delta, A, B, C, D = random_inputs()
+    positional = (u, u.flip(1), delta, delta.flip(1), B, B.flip(1), C, C.flip(1), A, A * 0.5, D, D, D, -D, u)
+    names = ["x_f", "x_b", "dt_f", "dt_b", "B_f", "B_b", "C_f", "C_b", "A_f", "A_b", "D_f", "D_b", "dt_bias_f",
+             "dt_bias_b", "z"]
+    by_name = dict(zip(names, positional))
+    expected = bidirectional_scan_reference(*positional)
+    torch.testing.assert_close(bidirectional_scan_reference(**by_name), expected, rtol=0, atol=0)
+    torch.testing.assert_close(bidirectional_selective_scan(*positional[:4], **dict(list(by_name.items())[4:]),
+                                                            impl="reference"), expected, rtol=0, atol=0)
+    assert list(inspect.signature(bidirectional_selective_scan).parameters) == names + ["impl"]
+    with pytest.raises(TypeError, match="dt_bias_b"):
+        bidirectional_scan_reference(*positional[:13])
 
 
 def test_unknown_impl_is_a_clear_error(monkeypatch):

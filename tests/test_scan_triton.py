@@ -287,24 +287,17 @@ def test_gradients_are_deterministic(device):
 
 
 @on_devices
-def test_bfloat16_inputs(device):
-    """bf16 in, float32 inside, bf16 out: within bf16 rounding of the float32 result on the same bf16 values."""
-    inputs = make_inputs(length=10, dtype=torch.bfloat16, device=device)
+@pytest.mark.parametrize("dtype,length,out_tol,grad_rtol", [(torch.bfloat16, 10, 1e-2, 3e-2),
+                                                             (torch.float16, 7, 2e-3, 1e-2)], ids=["bf16", "fp16"])
+def test_half_precision_inputs(device, dtype, length, out_tol, grad_rtol):
+    """bf16/fp16 in, float32 inside, the same dtype out: within that dtype's rounding of the float32 result on the
+    same values; the gradients in the input dtype too."""
+    inputs = make_inputs(length=length, dtype=dtype, device=device)
     out = bidirectional_scan_triton(**inputs)
-    assert out.dtype == torch.bfloat16
-    assert_close_scaled(out, reference64(inputs), 1e-2)
-    grads = check_gradients(inputs, rtol=3e-2)
-    assert all(grads[name].dtype == torch.bfloat16 for name in ("x_f", "dt_b", "B_f", "C_b", "z"))
-
-
-@on_devices
-def test_float16_inputs(device):
-    inputs = make_inputs(length=7, dtype=torch.float16, device=device)
-    out = bidirectional_scan_triton(**inputs)
-    assert out.dtype == torch.float16
-    assert_close_scaled(out, reference64(inputs), 2e-3)
-    grads = check_gradients(inputs, rtol=1e-2)
-    assert grads["x_b"].dtype == torch.float16
+    assert out.dtype == dtype
+    assert_close_scaled(out, reference64(inputs), out_tol)
+    grads = check_gradients(inputs, rtol=grad_rtol)
+    assert all(grads[name].dtype == dtype for name in ("x_f", "x_b", "dt_b", "B_f", "C_b", "z"))
 
 
 @on_devices

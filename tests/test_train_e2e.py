@@ -28,13 +28,7 @@ SRC = str(Path(vimamba.__file__).resolve().parents[1])
 TESTS = str(Path(__file__).resolve().parent)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(root: Path, out: Path, **overrides):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 from typing import Any, Callable
+from .errors import InputError
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
            "unit_interval_open", "image_size", "at_least", "check_image_size", "IMAGE_SIZE_MIN"]
@@ -80,5 +81,5 @@ def at_least(minimum: float, kind: type = float) -> Callable[[Any], Any]:
 def check_image_size(size: int, patch_size: int, flag: str = "--img-size") -> None:
     """Refuse an input smaller than one patch (it would have no tokens), with the flag's name."""
     if size < patch_size:
-        raise ValueError(f"{flag} {size} is smaller than the patch size {patch_size}: the image would have no "
+        raise InputError(f"{flag} {size} is smaller than the patch size {patch_size}: the image would have no "
                          "patches")

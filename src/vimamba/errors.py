@@ -10,11 +10,33 @@ import errno as _errno
 import os
 from typing import Optional, Union
 
-__all__ = ["UserError", "FileSystemError", "file_system_error"]
+__all__ = ["UserError", "InputError", "UnknownNameError", "ArgumentsError", "MissingFileError", "FileSystemError", "file_system_error"]
 
 
 class UserError(Exception):
-    """An error the user can fix (bad input, a path that cannot be used): reported as one line, no traceback."""
+    """An error the user can fix (bad input, a path that cannot be used): reported as one line, no traceback.
+
+    Raise a subclass where the user is the cause (a flag, a file, a config value); raise anything else where only a
+    bug can be the cause, so that the command line keeps its traceback.
+    """
+
+
+class InputError(UserError, ValueError):
+    """A value the user gave (a flag, a config field, an image size, a model name) that cannot be used.
+
+    A ``ValueError`` too, so library callers catching ``ValueError`` keep working.
+    """
+
+
+class UnknownNameError(InputError, KeyError):
+    """A name that is not registered (a model, a dataset): a ``KeyError`` too, printed without quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ArgumentsError(UserError, TypeError):
+    """Keyword arguments a function does not take (e.g. a model setting that does not exist): a ``TypeError`` too."""
 
 
 class FileSystemError(UserError, OSError):
@@ -26,6 +48,13 @@ class FileSystemError(UserError, OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class MissingFileError(FileSystemError, FileNotFoundError):
+    """A file or folder the user named that does not exist: a ``FileNotFoundError`` too."""
+
+    def __init__(self, message: str, filename: Optional[Union[str, os.PathLike]] = None):
+        super().__init__(_errno.ENOENT, message, os.fspath(filename) if filename is not None else None)
 
 
 # errno -> how the cause reads in a message

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..cli_args import image_size, non_negative_int, positive_float, positive_int
+from ..errors import InputError
 
 DEFAULT_MODELS = ["vim_tiny_patch16_224", "deit_tiny_patch16_224"]
 DEFAULT_RESOLUTIONS = [224, 512, 738, 1024, 1248]
@@ -73,7 +74,7 @@ def _parse_model_args(items: Sequence[str]) -> Dict[str, object]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.isidentifier():
-            raise ValueError(f"--model-args takes KEY=VALUE pairs (e.g. depth=2), got {item!r}")
+            raise InputError(f"--model-args takes KEY=VALUE pairs (e.g. depth=2), got {item!r}")
         try:
             parsed[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -87,19 +88,19 @@ def _validate(args) -> None:
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible to PyTorch on this machine")
+        raise InputError("--device cuda: no CUDA GPU is visible to PyTorch on this machine")
     if args.device == "cuda" and args.dtype == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ValueError("--dtype bf16: this GPU does not support bfloat16")
+        raise InputError("--dtype bf16: this GPU does not support bfloat16")
     for name, value, minimum in (("--batch-size", args.batch_size, 1), ("--warmup", args.warmup, 0),
                                  ("--repeats", args.repeats, 1)):
         if value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+            raise InputError(f"{name} must be >= {minimum}, got {value}")
     if min(args.resolutions) < 1:
-        raise ValueError(f"--resolutions must be positive, got {args.resolutions}")
+        raise InputError(f"--resolutions must be positive, got {args.resolutions}")
     for name, value in (("--time-budget", args.time_budget), ("--timeout", args.timeout),
                         ("--max-memory-gb", args.max_memory_gb), ("--threads", args.threads)):
         if value is not None and value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+            raise InputError(f"{name} must be positive, got {value}")
     args.models = list(dict.fromkeys(args.models))
     args.resolutions = sorted(set(args.resolutions))
     args.attention = list(dict.fromkeys(args.attention))
@@ -115,7 +116,7 @@ def _configurations(args, model_args: Dict[str, object]):
         try:
             model = describe_on_meta(name, None, model_args)
         except TypeError as e:  # unknown constructor arguments
-            raise ValueError(f"{name}: {e}") from e
+            raise InputError(f"{name}: {e}") from e
         attentions: List[Optional[str]] = [None]
         if not is_vim_model(name) and uses_attention(model):
             attentions = list(args.attention)

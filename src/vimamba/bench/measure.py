@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from .memory import MemoryProbe, describe_out_of_memory, is_out_of_memory
 from .models import build_model, count_parameters, count_tokens, input_resolution, is_vim_model, model_label
+from ..errors import InputError
 
 __all__ = ["Configuration", "Measurement", "run_configuration", "make_step", "time_steps", "latency_summary", "MODES",
            "DTYPES"]
@@ -153,7 +154,7 @@ def make_step(model: nn.Module, images: torch.Tensor, mode: str, dtype: str) -> 
                 out = model(images)
             out.float().mean().backward()
     else:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     return step
 
 

@@ -22,6 +22,8 @@ from typing import Dict, Optional
 
 import torch
 
+from ..errors import InputError
+
 __all__ = ["MemoryProbe", "is_out_of_memory", "describe_out_of_memory"]
 
 _STATUS = Path("/proc/self/status")
@@ -119,7 +121,7 @@ class MemoryProbe:
             return
         address_space = _proc_status().get("VmSize")
         if address_space is None:
-            raise RuntimeError("--max-memory-gb on CPU needs Linux (/proc/self/status)")
+            raise InputError("--max-memory-gb on CPU needs Linux (/proc/self/status)")
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit = address_space + int(max_bytes)
         if hard != resource.RLIM_INFINITY:

@@ -15,6 +15,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from ..errors import InputError
 
 __all__ = ["ATTENTION_MODES", "is_vim_model", "build_model", "uses_attention", "count_tokens", "input_resolution",
            "model_label",
@@ -75,16 +76,16 @@ def build_model(
     import timm
 
     if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}: neither a vimamba model (`vimamba models`) nor a timm model")
+        raise InputError(f"unknown model {name!r}: neither a vimamba model (`vimamba models`) nor a timm model")
     try:
         model = timm.create_model(name, pretrained=False, dynamic_img_size=True, **model_args)
     except TypeError:  # architectures without dynamic_img_size (CNNs) take any size anyway
         model = timm.create_model(name, pretrained=False, **model_args)
     if attention is not None:
         if attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+            raise InputError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         if _set_fused_attention(model, fused=attention == "sdpa") == 0:
-            raise ValueError(f"{name} has no timm attention modules; --attention does not apply to it")
+            raise InputError(f"{name} has no timm attention modules; --attention does not apply to it")
     return model
 
 
@@ -105,7 +106,7 @@ def count_tokens(model: nn.Module, resolution: int) -> Optional[int]:
     if grid is None:
         return None
     if grid[0] < 1 or grid[1] < 1:
-        raise ValueError(f"a {resolution}x{resolution} image is smaller than one patch of {type(model).__name__}")
+        raise InputError(f"a {resolution}x{resolution} image is smaller than one patch of {type(model).__name__}")
     return grid[0] * grid[1] + int(getattr(model, "num_prefix_tokens", 0))
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ..io import atomic_write
 from .measure import Measurement
+from ..errors import InputError, MissingFileError
 
 __all__ = ["FORMAT", "collect_environment", "load_average", "format_measurement", "format_table", "compare",
            "format_comparison", "format_markdown", "write_json", "write_csv", "write_markdown", "read_results"]
@@ -168,6 +169,15 @@ def compare(measurements: Sequence[Measurement]) -> List[Dict[str, object]]:
     return rows
 
 
+def _compared_cells(row: Dict[str, object]) -> Optional[Tuple[str, str, str]]:
+    """(speed-up, peak memory saved, working memory saved) of a :func:`compare` row, formatted for the text and
+    Markdown tables; None where the two models were not both measured."""
+    if "speedup" not in row:
+        return None
+    working = f"{row['working_memory_saved']:.1%}" if "working_memory_saved" in row else "-"
+    return f"{row['speedup']:.2f}x", f"{row['peak_memory_saved']:.1%}", working
+
+
 def format_comparison(rows: Sequence[Dict[str, object]]) -> str:
     if not rows:
         return ""
@@ -175,10 +185,10 @@ def format_comparison(rows: Sequence[Dict[str, object]]) -> str:
              f"its memory / the other's):",
              f"  {'res':>5}  {'other model':<48} {'speed-up':>9} {'peak mem saved':>15} {'working mem saved':>18}"]
     for row in rows:
-        if "speedup" in row:
-            working = f"{row['working_memory_saved']:.1%}" if "working_memory_saved" in row else "-"
-            lines.append(f"  {row['resolution']:>5}  {row['other']:<48} {row['speedup']:>8.2f}x "
-                         f"{row['peak_memory_saved']:>15.1%} {working:>18}")
+        cells = _compared_cells(row)
+        if cells is not None:
+            speedup, peak, working = cells
+            lines.append(f"  {row['resolution']:>5}  {row['other']:<48} {speedup:>9} {peak:>15} {working:>18}")
         else:
             lines.append(f"  {row['resolution']:>5}  {row['other']:<48} not compared (this model: "
                          f"{row['status'].upper()}, other: {row['other_status'].upper()})")
@@ -187,6 +197,7 @@ def format_comparison(rows: Sequence[Dict[str, object]]) -> str:
 
 # ---------------------------------------------------------------------------------------------------- files
 def write_json(path: Path, document: Dict[str, object]) -> Path:
+    """``document`` as indented JSON, written atomically (the bench command and the benchmark scripts' --json)."""
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(document, indent=2) + "\n")
     return Path(path)
@@ -231,10 +242,9 @@ def format_markdown(document: Dict[str, object], measurements: Sequence[Measurem
         lines += ["", f"{comparison[0]['model']} against the others:", "",
                   "| res | other | speed-up | peak memory saved | working memory saved |", "|---:|---|---:|---:|---:|"]
         for row in comparison:
-            if "speedup" in row:
-                working = f"{row['working_memory_saved']:.1%}" if "working_memory_saved" in row else "-"
-                lines.append(f"| {row['resolution']} | {row['other']} | {row['speedup']:.2f}x | "
-                             f"{row['peak_memory_saved']:.1%} | {working} |")
+            cells = _compared_cells(row)
+            if cells is not None:
+                lines.append(f"| {row['resolution']} | {row['other']} | {' | '.join(cells)} |")
             else:
                 lines.append(f"| {row['resolution']} | {row['other']} | {row['status'].upper()} vs "
                              f"{row['other_status'].upper()} | | |")
@@ -264,15 +274,15 @@ def read_results(path: os.PathLike) -> Tuple[Dict[str, object], List[Measurement
     """Load a ``bench.json`` written by ``vimamba bench``: (the document, its measurements)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no benchmark results at {path}")
+        raise MissingFileError(f"no benchmark results at {path}", path)
     try:
         document = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a JSON file ({e})") from e
+        raise InputError(f"{path} is not a JSON file ({e})") from e
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a `vimamba bench` results file (expected \"format\": \"{FORMAT}\")")
+        raise InputError(f"{path} is not a `vimamba bench` results file (expected \"format\": \"{FORMAT}\")")
     try:
         measurements = [Measurement(**row) for row in document["measurements"]]
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: malformed measurements ({e})") from e
+        raise InputError(f"{path}: malformed measurements ({e})") from e
     return document, measurements

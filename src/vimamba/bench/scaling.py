@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .measure import Measurement
+from ..errors import InputError
 
 __all__ = ["ScalingFit", "fit_exponent", "scaling_report", "format_scaling"]
 
@@ -39,7 +40,7 @@ class ScalingFit:
 def fit_exponent(tokens: Sequence[float], costs: Sequence[float]) -> float:
     """Least-squares slope of log(cost) against log(tokens): the k of cost ~ tokens^k."""
     if len(tokens) != len(costs) or len(set(tokens)) < 2:
-        raise ValueError("fitting an exponent needs (tokens, cost) points at two or more token counts")
+        raise InputError("fitting an exponent needs (tokens, cost) points at two or more token counts")
     slope, _intercept = np.polyfit(np.log(np.asarray(tokens, dtype=np.float64)),
                                    np.log(np.asarray(costs, dtype=np.float64)), deg=1)
     return float(slope)

@@ -29,6 +29,7 @@ vimamba versions wrote, the official ``.pth`` files, ``.safetensors``) into one 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pickle
 import zipfile
@@ -37,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..errors import UserError, file_system_error
+from ..errors import MissingFileError, UserError, file_system_error
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TASKS", "CheckpointFormatError", "make_checkpoint", "is_current_format",
            "load_checkpoint_file"]
@@ -107,7 +108,7 @@ def load_checkpoint_file(path: PathLike, *, trust_pickle: bool = False) -> Any:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
+        raise MissingFileError(f"checkpoint not found: '{path}'", path)
     if path.is_dir():
         raise CheckpointFormatError(f"'{path}' is a folder; give the checkpoint file inside it (e.g. "
                                     f"'{path / 'last.pth'}')")
@@ -116,15 +117,16 @@ def load_checkpoint_file(path: PathLike, *, trust_pickle: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as e:
-        raise file_system_error(e, path, "read") from e
     except Exception as e:  # torch.load raises many types for damaged files (RuntimeError, KeyError, EOFError, ...)
+        if isinstance(e, OSError) and e.errno != errno.EINVAL:  # EINVAL: torch's zip reader on some truncated files
+            raise file_system_error(e, path, "read") from e
         if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
             raise CheckpointFormatError(
                 f"'{path}' holds Python objects that are not loaded by default for safety. If you trust the file, "
                 f"load it with trust_pickle=True (command line: --trust-checkpoint). Details: {str(e).splitlines()[0]}"
             ) from e
-        if isinstance(e, (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError)):
+        if isinstance(e, (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
+                          OSError)):
             raise CheckpointFormatError(
                 f"could not read '{path}' as a PyTorch checkpoint ({type(e).__name__}: {e}). The file may be "
                 "truncated (an interrupted download or copy) or not a checkpoint at all.") from e

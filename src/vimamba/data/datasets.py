@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from .fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, default_cache_dir, ensure_fashion_mnist
 from .images import IMG_EXTENSIONS, DataError, ImageFolderDataset, is_image_folder
 from .transforms import Preprocessing
+from ..errors import InputError
 
 __all__ = ["DATASET_NAMES", "DatasetSpec", "resolve_dataset", "open_split", "imagenet_class_names",
            "find_split_dir"]
@@ -120,7 +121,7 @@ def resolve_dataset(dataset: Optional[str] = None, data_dir: Optional[PathLike] 
             _open_cifar10(CIFAR10, root, train=False, transform=None)  # fetch now, with a clear error offline
         return DatasetSpec("cifar10", root, classes, pre)
     if name not in ("", "imagenet", "folder"):
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASET_NAMES} or pass --data DIR")
+        raise InputError(f"unknown dataset {dataset!r}; choose one of {DATASET_NAMES} or pass --data DIR")
 
     # image folders (ImageNet is one)
     if data_dir is None:
@@ -128,7 +129,7 @@ def resolve_dataset(dataset: Optional[str] = None, data_dir: Optional[PathLike] 
             raise DataError("ImageNet cannot be downloaded automatically (its licence requires a login); get it from "
                             "https://image-net.org, arrange it as DIR/train/<synset>/*.JPEG and DIR/val/<synset>/*.JPEG"
                             " and pass --data DIR")
-        raise ValueError("pass --data DIR (an image folder) or --dataset NAME")
+        raise InputError("pass --data DIR (an image folder) or --dataset NAME")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"data directory not found: '{root}'")
@@ -189,7 +190,7 @@ def open_split(spec: DatasetSpec, split: str, transform: Optional[Callable] = No
                strict: bool = False) -> Dataset:
     """The ``split`` ("train" or "val") of a resolved dataset, images converted for ``in_chans`` channels."""
     if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        raise InputError(f"split must be 'train' or 'val', got {split!r}")
     in_chans = in_chans or spec.preprocessing.in_chans
     mode = "L" if in_chans == 1 else "RGB"
     if spec.name == "fashion-mnist":

@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .images import DataError
+from ..errors import InputError
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES", "FashionMNIST", "find_fashion_mnist",
            "ensure_fashion_mnist", "read_idx", "default_cache_dir"]
@@ -105,7 +106,7 @@ class FashionMNIST(Dataset):
                  mode: str = "L"):
         split = {"val": "test"}.get(split, split)
         if split not in _SPLITS:
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise InputError(f"split must be 'train' or 'test', got {split!r}")
         directory = find_fashion_mnist(root)
         if directory is None:
             raise DataError(_not_found_message(root))

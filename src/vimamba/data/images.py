@@ -19,6 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..errors import InputError, UserError
+
 __all__ = ["DataError", "load_image", "to_mode", "ImageFolderDataset", "collate_skipping_unreadable",
            "IMG_EXTENSIONS", "is_image_folder"]
 
@@ -29,7 +31,7 @@ PathLike = Union[str, os.PathLike]
 _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A dataset that cannot be found, read or used as asked."""
 
 
@@ -91,7 +93,7 @@ class ImageFolderDataset(ImageFolder):
     def __init__(self, root: PathLike, transform: Optional[Callable] = None, *, mode: str = "RGB",
                  strict: bool = False, class_to_idx: Optional[Dict[str, int]] = None):
         if mode not in ("RGB", "L"):
-            raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+            raise InputError(f"mode must be 'RGB' or 'L', got {mode!r}")
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"image folder not found: '{root}'")

@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
 from .augment import make_augmentations_safe
+from ..errors import InputError
 
 __all__ = ["Preprocessing", "Augmentation", "build_train_transform", "build_eval_transform"]
 
@@ -38,9 +39,9 @@ class Preprocessing:
         self.img_size = tuple(int(s) for s in self.img_size)  # type: ignore[assignment]
         self.mean, self.std = tuple(float(m) for m in self.mean), tuple(float(s) for s in self.std)
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-            raise ValueError(f"mean {self.mean} / std {self.std} must have one value per channel ({self.in_chans})")
+            raise InputError(f"mean {self.mean} / std {self.std} must have one value per channel ({self.in_chans})")
         if not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+            raise InputError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
     @property
     def image_mode(self) -> str:
@@ -83,7 +84,7 @@ def build_train_transform(pre: Preprocessing, aug: Augmentation):
     """The training transform: crop/flip/RandAugment on the PIL image, then to tensor, normalise, erase."""
     auto_augment = aug.auto_augment or None
     if auto_augment and pre.in_chans == 1:
-        raise ValueError("RandAugment/AutoAugment work on RGB images; turn it off (--aa none) for 1-channel models")
+        raise InputError("RandAugment/AutoAugment work on RGB images; turn it off (--aa none) for 1-channel models")
     transform = create_transform(
         pre.img_size, is_training=True, train_crop_mode=aug.train_crop_mode, scale=tuple(aug.scale),
         ratio=tuple(aug.ratio), hflip=aug.hflip, color_jitter=aug.color_jitter or None, auto_augment=auto_augment,

@@ -34,9 +34,10 @@ from timm.layers import LayerNorm2d
 from ..models.registry import create_model
 from ..models.vim import VimConfig, VisionMamba
 from .configs import ConfigDict
+from ..errors import InputError
 
-__all__ = ["BackboneConfig", "VimBackbone", "SimpleFeaturePyramid", "BackboneHooks", "default_out_indices",
-           "prefix_group_matcher", "build_backbone"]
+__all__ = ["BackboneConfig", "VimBackbone", "SimpleFeaturePyramid", "SubmoduleOptimiserHooks", "BackboneHooks",
+           "default_out_indices", "prefix_group_matcher", "build_backbone"]
 
 _NORMS = ("bn", "ln", "none")
 
@@ -48,13 +49,13 @@ def _norm_layer(kind: str, channels: int) -> nn.Module:
         return LayerNorm2d(channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be one of {_NORMS}, got {kind!r}")
+    raise InputError(f"norm must be one of {_NORMS}, got {kind!r}")
 
 
 def default_out_indices(depth: int, num_levels: int = 4) -> Tuple[int, ...]:
     """The last block of each of ``num_levels`` equal stages: (5, 11, 17, 23) for depth 24 (the official choice)."""
     if depth < num_levels:
-        raise ValueError(f"a Vim of depth {depth} has fewer blocks than the {num_levels} pyramid levels")
+        raise InputError(f"a Vim of depth {depth} has fewer blocks than the {num_levels} pyramid levels")
     return tuple(round(depth * (k + 1) / num_levels) - 1 for k in range(num_levels))
 
 
@@ -81,11 +82,11 @@ class BackboneConfig(ConfigDict):
         if self.out_indices is not None:
             self.out_indices = tuple(int(i) for i in self.out_indices)
         if self.feature not in ("mixer", "residual"):
-            raise ValueError(f"feature must be 'mixer' or 'residual', got {self.feature!r}")
+            raise InputError(f"feature must be 'mixer' or 'residual', got {self.feature!r}")
         if self.pyramid_norm not in _NORMS:
-            raise ValueError(f"pyramid_norm must be one of {_NORMS}, got {self.pyramid_norm!r}")
+            raise InputError(f"pyramid_norm must be one of {_NORMS}, got {self.pyramid_norm!r}")
         if not self.strides or any(s < 1 for s in self.strides) or list(self.strides) != sorted(set(self.strides)):
-            raise ValueError(f"strides must be increasing positive integers, got {self.strides}")
+            raise InputError(f"strides must be increasing positive integers, got {self.strides}")
 
 
 
@@ -124,7 +125,7 @@ class SimpleFeaturePyramid(nn.Module):
         ratio = in_stride / stride
         steps = abs(math.log2(ratio))
         if not steps.is_integer():
-            raise ValueError(f"pyramid stride {stride} is not the backbone stride {in_stride} times a power of two")
+            raise InputError(f"pyramid stride {stride} is not the backbone stride {in_stride} times a power of two")
         steps = int(steps)
         if ratio < 1:  # downsample by 2x2 max-pooling (ceil mode: a size of ceil(n / 2), odd grids lose no row)
             return nn.Sequential(*[nn.MaxPool2d(2, 2, ceil_mode=True) for _ in range(steps)])
@@ -141,7 +142,7 @@ class SimpleFeaturePyramid(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
         if len(features) not in (1, len(self.strides)):
-            raise ValueError(f"expected 1 or {len(self.strides)} feature maps, got {len(features)}")
+            raise InputError(f"expected 1 or {len(self.strides)} feature maps, got {len(features)}")
         out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         for k, (resample, project) in enumerate(zip(self.resamplers, self.projections)):
             out[str(k)] = project(resample(features[k if len(features) > 1 else 0]))
@@ -174,7 +175,30 @@ def prefix_group_matcher(matcher: dict, prefix: str) -> dict:
     return out
 
 
-class VimBackbone(nn.Module):
+class SubmoduleOptimiserHooks:
+    """timm-style optimiser hooks of a module whose Vim sits in the submodule named by ``hooks_submodule``: that
+    submodule's group matcher and no-decay names (position embedding, class token), rewritten for the names they have
+    here, and its gradient checkpointing."""
+
+    hooks_submodule: str
+
+    def _hooked(self):
+        return getattr(self, self.hooks_submodule)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return prefix_group_matcher(self._hooked().group_matcher(coarse), f"{self.hooks_submodule}.")
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {f"{self.hooks_submodule}.{n}" for n in self._hooked().no_weight_decay()}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self._hooked().set_grad_checkpointing(enable)
+
+
+class VimBackbone(SubmoduleOptimiserHooks, nn.Module):
     """A Vim and a simple feature pyramid: images (B, 3, H, W) -> OrderedDict of maps at ``out_strides``.
 
     Has ``out_channels`` (torchvision detection models need it), ``out_strides``, and timm's ``group_matcher`` /
@@ -182,15 +206,17 @@ class VimBackbone(nn.Module):
     layer_decay=)`` scales the learning rate of each ``vim.layers.i``.
     """
 
+    hooks_submodule = "vim"
+
     def __init__(self, vim: VisionMamba, cfg: BackboneConfig):
         super().__init__()
         self.cfg = cfg
         depth = len(vim.layers)
         indices = cfg.out_indices if cfg.out_indices is not None else default_out_indices(depth, len(cfg.strides))
         if len(indices) not in (1, len(cfg.strides)):
-            raise ValueError(f"out_indices {indices}: give one block, or one per pyramid level ({len(cfg.strides)})")
+            raise InputError(f"out_indices {indices}: give one block, or one per pyramid level ({len(cfg.strides)})")
         if any(not -depth <= i < depth for i in indices):
-            raise ValueError(f"out_indices {indices} out of range for a Vim of depth {depth}")
+            raise InputError(f"out_indices {indices} out of range for a Vim of depth {depth}")
         # Keep only the blocks up to the last one used (and the final norm only if the features use it).
         self.out_indices = tuple(vim.prune_intermediate_layers(list(indices), prune_norm=not cfg.norm, prune_head=True))
         self.vim = vim
@@ -224,21 +250,8 @@ class VimBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         return self.pyramid(self.forward_features(x))
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return prefix_group_matcher(self.vim.group_matcher(coarse), "vim.")
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        """The Vim's no-decay names (position embedding, class token) under their prefixed names."""
-        return {f"vim.{n}" for n in self.vim.no_weight_decay()}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.vim.set_grad_checkpointing(enable)
-
-
-class BackboneHooks:
+class BackboneHooks(SubmoduleOptimiserHooks):
     """timm-style optimiser hooks for a model whose ``backbone`` attribute is a :class:`VimBackbone`.
 
     The backbone's group matcher and no-decay names, rewritten for the prefixed names ``backbone.vim.*``, so timm's
@@ -246,18 +259,7 @@ class BackboneHooks:
     """
 
     backbone: VimBackbone
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return prefix_group_matcher(self.backbone.group_matcher(coarse), "backbone.")
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.backbone.set_grad_checkpointing(enable)
+    hooks_submodule = "backbone"
 
 
 def build_backbone(cfg: BackboneConfig, pretrained: Union[None, str, os.PathLike] = None) -> VimBackbone:
@@ -270,6 +272,6 @@ def build_backbone(cfg: BackboneConfig, pretrained: Union[None, str, os.PathLike
     unknown = set(overrides) - {f.name for f in fields(VimConfig)}
     if unknown:
         known = sorted(f.name for f in fields(VimConfig))
-        raise ValueError(f"unknown Vim settings {sorted(unknown)}; a Vim takes {known}")
+        raise InputError(f"unknown Vim settings {sorted(unknown)}; a Vim takes {known}")
     vim = create_model(cfg.model, pretrained=pretrained or None, num_classes=0, **overrides)
     return VimBackbone(vim, cfg)

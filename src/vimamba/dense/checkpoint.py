@@ -1,24 +1,19 @@
 """Dense-model checkpoints: rebuilding a segmentor / detector and its weights from a checkpoint file.
 
 Runs write the one checkpoint format (:mod:`vimamba.checkpoints.format`: ``task``, ``task_config["dense_config"]``,
-``class_names``, ``data_config``, written by :mod:`vimamba.dense.training`); files of earlier versions store
-``dense_task``, ``dense_config``, ``class_names`` and ``data_config`` at the top level. Both load here, so
-``vimamba segment|detect eval|predict`` need nothing but the file.
+``class_names``, ``data_config``; written by :mod:`vimamba.dense.training`); files of earlier versions store
+``dense_task``, ``dense_config``, ``class_names`` and ``data_config`` at the top level. The one loader
+(:mod:`vimamba.checkpoints`) reads both, so ``vimamba segment|detect eval|predict`` need nothing but the file.
 """
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-import torch
 import torch.nn as nn
 
-from ..checkpoints.format import is_current_format
-from ..models.checkpoint import CheckpointError
+from ..checkpoints.loading import build_model, dense_config, read_checkpoint
 from .detector import DetectorConfig, build_detector
 from .segmentor import SegmentorConfig, build_segmentor
 
@@ -49,35 +44,8 @@ def build_dense_model(task: str, config: Union[SegmentorConfig, DetectorConfig],
 
 def load_dense_model(path: Union[str, os.PathLike], task: Optional[str] = None):
     """(model in eval mode with the checkpoint's weights, :class:`DenseCheckpoint`) from a dense checkpoint file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"could not read '{path}' as a checkpoint ({type(e).__name__}: {e}); the file may be "
-                              "truncated") from e
-    if is_current_format(obj) and obj.get("task") in TASKS:  # bridge until the one loader reads it
-        obj = {"dense_task": obj["task"], "dense_config": obj["task_config"].get("dense_config"),
-               "model": obj["model"], "class_names": obj.get("class_names"), "data_config": obj.get("data_config"),
-               "global_step": obj.get("step")}
-    if not isinstance(obj, dict) or obj.get("dense_task") not in TASKS or "model" not in obj:
-        hint = ""
-        if isinstance(obj, dict) and ("model" in obj or any(str(k).startswith("layers.") for k in obj)):
-            hint = (" It looks like a classification checkpoint: use it to initialise the backbone of a new run "
-                    "(--pretrained).")
-        raise CheckpointError(f"'{path}' is not a vimamba segmentation/detection checkpoint.{hint}")
-    found = obj["dense_task"]
-    if task is not None and found != task:
-        raise CheckpointError(f"'{path}' is a {found} checkpoint, not a {task} one")
-    config_cls = SegmentorConfig if found == "segmentation" else DetectorConfig
-    config = config_cls.from_dict(dict(obj["dense_config"]))
-    model = build_dense_model(found, config)
-    try:
-        model.load_state_dict(obj["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"the weights in '{path}' do not fit the model its own config describes: {e}") from e
-    model.eval()
-    info = DenseCheckpoint(found, config, list(obj.get("class_names") or []), dict(obj.get("data_config") or {}),
-                           obj.get("global_step"))
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt, task=task or TASKS)
+    info = DenseCheckpoint(str(ckpt.task), dense_config(ckpt), list(ckpt.class_names), dict(ckpt.data_config),
+                           ckpt.step)
     return model, info

@@ -41,6 +41,7 @@ from torchvision import tv_tensors
 
 from ..data.images import DataError
 from .files import list_examples, read_rgb
+from ..errors import InputError
 
 __all__ = ["CocoDetection", "AnnotationReport", "detection_train_transform", "collate_detection"]
 
@@ -117,7 +118,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def __init__(self, image_dir, annotation_file, *, train: bool = False, masks: bool = True,
                  transform: Optional[Callable] = None, on_invalid: str = "error", box_tolerance: float = 1.0):
         if on_invalid not in ("error", "skip"):
-            raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+            raise InputError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         self.train, self.masks, self.transform = train, masks, transform

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 from typing import Any, Mapping
+from ..errors import InputError
 
 __all__ = ["ConfigDict"]
 
@@ -18,5 +19,5 @@ class ConfigDict:
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} settings {unknown}; known: {sorted(known)}")
+            raise InputError(f"unknown {cls.__name__} settings {unknown}; known: {sorted(known)}")
         return cls(**d)

@@ -25,6 +25,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from .backbone import BackboneConfig, BackboneHooks, build_backbone
 from .configs import ConfigDict
+from ..errors import InputError
 
 __all__ = ["DetectorConfig", "VimFasterRCNN", "VimMaskRCNN", "build_detector", "vitdet_backbone_config"]
 
@@ -66,12 +67,12 @@ class DetectorConfig(ConfigDict):
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
         self.aspect_ratios = tuple(float(r) for r in self.aspect_ratios)
         if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+            raise InputError(f"num_classes must be >= 1, got {self.num_classes}")
         levels = len(self.backbone.strides) + int(self.backbone.extra_pool)
         if len(self.anchor_sizes) != levels:
-            raise ValueError(f"{len(self.anchor_sizes)} anchor sizes for {levels} pyramid levels; give one per level")
+            raise InputError(f"{len(self.anchor_sizes)} anchor sizes for {levels} pyramid levels; give one per level")
         if self.head_norm not in ("ln", "bn", "none"):
-            raise ValueError(f"head_norm must be 'ln', 'bn' or 'none', got {self.head_norm!r}")
+            raise InputError(f"head_norm must be 'ln', 'bn' or 'none', got {self.head_norm!r}")
 
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from ..errors import InputError
 
 __all__ = ["ConfusionMatrix"]
 
@@ -26,7 +27,7 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise InputError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -34,13 +35,13 @@ class ConfusionMatrix:
     def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
         """Add class-index predictions and labels of the same shape (any leading dims)."""
         if predictions.shape != labels.shape:
-            raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} differ in shape")
+            raise InputError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} differ in shape")
         labels = labels.to(predictions.device).long()
         valid = labels != self.ignore_index
         k = self.num_classes
         if bool((labels[valid] >= k).any()) or bool((labels[valid] < 0).any()):
             bad = sorted(set(labels[valid][(labels[valid] >= k) | (labels[valid] < 0)].unique().tolist()))
-            raise ValueError(f"labels {bad[:10]} are outside the {k} classes and are not the ignore index "
+            raise InputError(f"labels {bad[:10]} are outside the {k} classes and are not the ignore index "
                              f"{self.ignore_index}")
         index = labels[valid] * k + predictions[valid].long()
         counts = torch.bincount(index, minlength=k * k).reshape(k, k)
@@ -62,7 +63,7 @@ class ConfusionMatrix:
         total = m.sum()
         names: List[str] = list(class_names) if class_names is not None else [str(c) for c in range(self.num_classes)]
         if len(names) != self.num_classes:
-            raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
+            raise InputError(f"{len(names)} class names for {self.num_classes} classes")
         return {
             "mIoU": _nanmean(iou),
             "mAcc": _nanmean(acc),

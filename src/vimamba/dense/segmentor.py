@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .backbone import BackboneConfig, BackboneHooks, VimBackbone, build_backbone
 from .configs import ConfigDict
 from .heads import FCNHead, UperNetHead
+from ..errors import InputError
 
 __all__ = ["SegmentorConfig", "VimSegmentor", "build_segmentor", "segmentation_loss"]
 
@@ -40,10 +41,10 @@ class SegmentorConfig(ConfigDict):
             self.backbone = BackboneConfig.from_dict(self.backbone)
         self.pool_scales = tuple(int(s) for s in self.pool_scales)
         if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+            raise InputError(f"num_classes must be >= 1, got {self.num_classes}")
         if not 0 <= self.aux_level < len(self.backbone.strides):
             levels = len(self.backbone.strides)
-            raise ValueError(f"aux_level {self.aux_level} is not one of the {levels} pyramid levels")
+            raise InputError(f"aux_level {self.aux_level} is not one of the {levels} pyramid levels")
 
 
 
@@ -103,7 +104,7 @@ class VimSegmentor(BackboneHooks, nn.Module):
         elif mode == "slide":
             logits = self._slide(images, _pair(crop_size), _pair(stride))
         else:
-            raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+            raise InputError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
         if out_size is not None and tuple(out_size) != tuple(logits.shape[-2:]):
             logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
         return logits

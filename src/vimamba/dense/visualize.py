@@ -8,6 +8,7 @@ from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from .classes import palette
+from ..errors import InputError
 
 __all__ = ["class_mask_png", "overlay_classes", "draw_detections", "save_rgb"]
 
@@ -15,7 +16,7 @@ __all__ = ["class_mask_png", "overlay_classes", "draw_detections", "save_rgb"]
 def class_mask_png(classes: torch.Tensor, num_classes: int) -> Image.Image:
     """(H, W) class indices -> a palette PNG: the pixel values are the classes, viewers show their colours."""
     if num_classes > 256:
-        raise ValueError("a palette PNG holds at most 256 classes")
+        raise InputError("a palette PNG holds at most 256 classes")
     png = Image.fromarray(classes.to(torch.uint8).cpu().numpy(), mode="P")
     png.putpalette([v for colour in palette(num_classes) for v in colour])
     return png

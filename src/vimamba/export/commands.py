@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli_args import at_least, image_size
+from ..errors import InputError
 
 
 def register(subparsers) -> None:
@@ -37,7 +38,7 @@ def _export(args) -> int:
     from .exporter import export_checkpoint
 
     if args.opset is not None and args.fmt != "onnx":
-        raise ValueError("--opset applies to --format onnx only")
+        raise InputError("--opset applies to --format onnx only")
     path, meta = export_checkpoint(args.checkpoint, args.output, args.fmt, dynamic=args.dynamic,
                                    img_size=args.img_size, opset=args.opset, weights=args.weights,
                                    trust_pickle=args.trust_checkpoint)

@@ -24,6 +24,7 @@ from ..io import atomic_write
 from ..models.checkpoint import CheckpointError
 from .loading import Exportable, load_exportable
 from .metadata import ExportMetadata
+from ..errors import InputError, MissingFileError
 
 __all__ = ["export_checkpoint", "FORMATS", "load_program", "PROGRAM_METADATA_FILE"]
 
@@ -38,7 +39,7 @@ def _size(img_size: Optional[Sequence[int]], default: Tuple[int, int]) -> Tuple[
         return (int(img_size[0]), int(img_size[0]))
     if len(img_size) == 2:
         return (int(img_size[0]), int(img_size[1]))
-    raise ValueError(f"--img-size takes one size or height and width, got {list(img_size)}")
+    raise InputError(f"--img-size takes one size or height and width, got {list(img_size)}")
 
 
 def metadata_for(item: Exportable, size: Tuple[int, int], dynamic: bool) -> ExportMetadata:
@@ -55,16 +56,16 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], output: Union[str, os
                       weights: str = "auto", trust_pickle: bool = False) -> Tuple[Path, ExportMetadata]:
     """Export ``checkpoint`` to ``output`` in format ``fmt``; returns the path written and its metadata."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+        raise InputError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     item = load_exportable(checkpoint, weights=weights, trust_pickle=trust_pickle)
     size = _size(img_size, item.native_size)
     if dynamic and (min(size) < item.min_size or size[0] % item.size_multiple or size[1] % item.size_multiple):
         if img_size:
-            raise ValueError(f"--dynamic traces at a size of at least {item.min_size} per side, a multiple of "
+            raise InputError(f"--dynamic traces at a size of at least {item.min_size} per side, a multiple of "
                              f"{item.size_multiple}; --img-size {size[0]}x{size[1]} is not")
         size = tuple(max(-(-s // item.size_multiple) * item.size_multiple, item.min_size) for s in size)
     if min(size) < item.min_size:
-        raise ValueError(f"--img-size {size[0]}x{size[1]} is smaller than {item.min_size}x{item.min_size}")
+        raise InputError(f"--img-size {size[0]}x{size[1]} is smaller than {item.min_size}x{item.min_size}")
     metadata = metadata_for(item, size, dynamic)
     output = Path(output)
     if fmt == "safetensors":
@@ -72,7 +73,7 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], output: Union[str, os
             raise CheckpointError("--format safetensors writes classifier weights; a segmentation checkpoint "
                                   "exports to onnx or torch-export")
         if output.suffix != ".safetensors":
-            raise ValueError(f"--format safetensors writes a .safetensors file, not '{output.name}'")
+            raise InputError(f"--format safetensors writes a .safetensors file, not '{output.name}'")
         from ..models.checkpoint import save_weights
 
         return save_weights(item.model, output, class_names=item.class_names,
@@ -96,10 +97,10 @@ def load_program(path: Union[str, os.PathLike]) -> Tuple[torch.export.ExportedPr
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"program not found: '{path}'")
+        raise MissingFileError(f"program not found: '{path}'", path)
     extra = {PROGRAM_METADATA_FILE: ""}
     try:
         program = torch.export.load(path, extra_files=extra)
     except Exception as e:
-        raise ValueError(f"cannot load '{path}' as a torch.export program ({type(e).__name__}: {e})") from e
+        raise InputError(f"cannot load '{path}' as a torch.export program ({type(e).__name__}: {e})") from e
     return program, ExportMetadata.from_json(extra[PROGRAM_METADATA_FILE], f"'{path}'")

@@ -1,23 +1,20 @@
 """Any checkpoint ``vimamba export`` accepts -> the model to export and what to store beside it.
 
-Accepted: classifier checkpoints of every kind :func:`vimamba.train.models.load_classifier` reads (official
-``.pth``, vimamba training checkpoints, ``.safetensors`` / ``.pth`` weights) holding a Vim, and vimamba
-segmentation checkpoints (``vimamba segment train``). Anything else is a :class:`CheckpointError` with one line
-saying why: detection checkpoints (the Mask R-CNN's post-processing is not exportable here), classifiers that are
-not Vim (timm DeiT), corrupt or foreign files.
+Every file is read by the one loader (:func:`vimamba.checkpoints.read_checkpoint`). Accepted: classifier
+checkpoints of every kind it reads (official ``.pth``, vimamba training checkpoints, ``.safetensors`` / ``.pth``
+weights) holding a Vim, and vimamba segmentation checkpoints (``vimamba segment train``). Anything else is a
+:class:`CheckpointError` with one line saying why: detection checkpoints (the Mask R-CNN's post-processing is not
+exportable here), pretraining checkpoints, classifiers that are not Vim (timm DeiT), corrupt or foreign files.
 """
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
-import torch
 import torch.nn as nn
 
+from ..checkpoints.loading import RunCheckpoint, dense_config, load_model, read_checkpoint
 from ..models.checkpoint import CheckpointError
 from ..models.vim import VisionMamba
 
@@ -39,24 +36,13 @@ class Exportable:
     description: str
 
 
-def _dense_task(path: Path) -> Optional[str]:
-    """"segmentation"/"detection" for a vimamba dense checkpoint, else None (without judging the file further)."""
-    if path.suffix == ".safetensors":
-        return None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
-        return None  # the classifier loader explains what is wrong with the file
-    return obj.get("dense_task") if isinstance(obj, dict) else None
-
-
-def _load_segmentation(path: Path) -> Exportable:
-    from ..dense.checkpoint import load_dense_model
+def _load_segmentation(ckpt: RunCheckpoint, weights: str) -> Exportable:
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    model, info = load_dense_model(path, task="segmentation")
+    model = load_model(ckpt, weights=weights, task="segmentation")
+    config = dense_config(ckpt)
     vim = model.backbone.vim
-    data = dict(info.data_config)
+    data = dict(ckpt.data_config)
     crop = tuple(data.get("crop_size") or (512, 512))
     stride = vim.patch_embed.stride
     # every pyramid level at least 2x2 cells; sides on the patch grid (the eager model pads them there itself)
@@ -67,19 +53,19 @@ def _load_segmentation(path: Path) -> Exportable:
                      "eval_mode": data.get("eval_mode", "slide"),
                      "eval_stride": list(data.get("eval_stride") or (341, 341)),
                      "in_chans": vim.cfg.in_chans}
-    names = list(info.class_names) or [f"class {i}" for i in range(info.config.num_classes)]
+    names = list(ckpt.class_names) or [f"class {i}" for i in range(config.num_classes)]
     return Exportable(model=model.eval(), task="segmentation", preprocessing=preprocessing, class_names=names,
                       native_size=(int(crop[0]), int(crop[1])), min_size=min_size, size_multiple=stride,
                       in_chans=vim.cfg.in_chans,
-                      description=f"'{path}' (Vim UperNet segmentor, {info.config.backbone.model}, "
-                                  f"{info.config.num_classes} classes)")
+                      description=f"{ckpt.where} (Vim UperNet segmentor, {config.backbone.model}, "
+                                  f"{config.num_classes} classes)")
 
 
-def _load_classifier(path: Path, weights: str, trust_pickle: bool) -> Exportable:
+def _load_classifier(ckpt: RunCheckpoint, weights: str) -> Exportable:
     from ..train.inference import class_names_for
-    from ..train.models import load_classifier
+    from ..train.models import classifier_from_checkpoint
 
-    loaded = load_classifier(path, weights=weights, trust_pickle=trust_pickle)
+    loaded = classifier_from_checkpoint(ckpt, weights=weights)
     if not isinstance(loaded.model, VisionMamba):
         raise CheckpointError(f"{loaded.description} holds a {type(loaded.model).__name__}, not a Vim: "
                               "vimamba export exports Vim classifiers and segmentors")
@@ -94,13 +80,10 @@ def _load_classifier(path: Path, weights: str, trust_pickle: bool) -> Exportable
 
 def load_exportable(path: Union[str, os.PathLike], weights: str = "auto", trust_pickle: bool = False) -> Exportable:
     """Load ``path`` for export; a :class:`CheckpointError` (one line) for anything that cannot be exported."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
-    task = _dense_task(path)
-    if task == "detection":
-        raise CheckpointError(f"'{path}' is a detection checkpoint: detection models cannot be exported yet "
+    ckpt = read_checkpoint(path, trust_pickle=trust_pickle)
+    if ckpt.task == "detection":
+        raise CheckpointError(f"{ckpt.where} is a detection checkpoint: detection models cannot be exported yet "
                               "(export works for Vim classifiers and segmentors)")
-    if task == "segmentation":
-        return _load_segmentation(path)
-    return _load_classifier(path, weights, trust_pickle)
+    if ckpt.task == "segmentation":
+        return _load_segmentation(ckpt, weights)
+    return _load_classifier(ckpt, weights)

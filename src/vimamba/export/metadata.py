@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
+from ..errors import InputError
 
 __all__ = ["ExportMetadata", "METADATA_KEY", "TASKS"]
 
@@ -48,7 +49,7 @@ class ExportMetadata:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+            raise InputError(f"task must be one of {TASKS}, got {self.task!r}")
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
 
     def to_json(self) -> str:
@@ -59,24 +60,24 @@ class ExportMetadata:
     @classmethod
     def from_json(cls, text: Optional[str], source: str = "the model") -> "ExportMetadata":
         if not text:
-            raise ValueError(f"{source} carries no vimamba metadata (key '{METADATA_KEY}'): export it with "
+            raise InputError(f"{source} carries no vimamba metadata (key '{METADATA_KEY}'): export it with "
                              "`vimamba export`")
         try:
             d = json.loads(text)
             if d.get("version", 0) > FORMAT_VERSION:
-                raise ValueError(f"metadata version {d['version']} is newer than this vimamba understands")
+                raise InputError(f"metadata version {d['version']} is newer than this vimamba understands")
             d["input_size"] = tuple(d["input_size"])
             return cls(**d)
         except (TypeError, KeyError, json.JSONDecodeError) as e:
-            raise ValueError(f"the vimamba metadata of {source} is unreadable ({type(e).__name__}: {e})") from e
+            raise InputError(f"the vimamba metadata of {source} is unreadable ({type(e).__name__}: {e})") from e
 
     def check_size(self, height: int, width: int) -> None:
         """Raise a ValueError unless the graph takes (height, width) images."""
         if self.dynamic:
             if min(height, width) < self.min_size:
-                raise ValueError(f"images must be at least {self.min_size}x{self.min_size}, got {height}x{width}")
+                raise InputError(f"images must be at least {self.min_size}x{self.min_size}, got {height}x{width}")
             if height % self.size_multiple or width % self.size_multiple:
-                raise ValueError(f"image sides must be multiples of {self.size_multiple}, got {height}x{width}")
+                raise InputError(f"image sides must be multiples of {self.size_multiple}, got {height}x{width}")
         elif (height, width) != tuple(self.input_size):
-            raise ValueError(f"this model was exported for {self.input_size[0]}x{self.input_size[1]} images only "
+            raise InputError(f"this model was exported for {self.input_size[0]}x{self.input_size[1]} images only "
                              f"(export with --dynamic for any size), got {height}x{width}")

@@ -14,6 +14,7 @@ import torch
 
 from ..io import atomic_write
 from .metadata import METADATA_KEY, ExportMetadata
+from ..errors import InputError
 
 __all__ = ["program_to_onnx", "DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME"]
 
@@ -26,7 +27,7 @@ def program_to_onnx(program: torch.export.ExportedProgram, path: Union[str, Path
                     opset: int = DEFAULT_OPSET) -> Path:
     """Write ``program`` as an ONNX model at ``path`` (atomically), with ``metadata`` in its metadata_props."""
     if opset < MIN_OPSET:
-        raise ValueError(f"--opset {opset}: the exported scan needs opset {MIN_OPSET} or newer")
+        raise InputError(f"--opset {opset}: the exported scan needs opset {MIN_OPSET} or newer")
     from .onnx_scan import bidirectional_scan_onnx
 
     try:

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .metadata import METADATA_KEY, ExportMetadata
+from ..errors import InputError, MissingFileError
 
 __all__ = ["OnnxModel", "open_session", "read_onnx_metadata", "load_onnx_classifier"]
 
@@ -24,7 +25,7 @@ def open_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: '{path}'")
+        raise MissingFileError(f"ONNX model not found: '{path}'", path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -33,7 +34,7 @@ def open_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable / invalid models
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"onnxruntime cannot load '{path}': {reason}") from e
+        raise InputError(f"onnxruntime cannot load '{path}': {reason}") from e
 
 
 def read_onnx_metadata(session, source: str = "the model") -> ExportMetadata:
@@ -66,6 +67,6 @@ def load_onnx_classifier(path: Union[str, os.PathLike], threads: Optional[int] =
     model = OnnxModel(path, threads)
     meta = model.metadata
     if meta.task != "classification":
-        raise ValueError(f"'{path}' is a {meta.task} model; `vimamba predict --onnx` takes classifiers")
+        raise InputError(f"'{path}' is a {meta.task} model; `vimamba predict --onnx` takes classifiers")
     return LoadedClassifier(model=model, preprocessing=Preprocessing.from_dict(meta.preprocessing),
                             class_names=list(meta.class_names), description=f"'{path}' (ONNX, {meta.model})")

@@ -48,14 +48,7 @@ def _mixer_forward(self: BiMambaMixer, hidden: torch.Tensor) -> torch.Tensor:
     x, z = self.in_proj(hidden).chunk(2, dim=-1)
     x_f = F.silu(_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias, reverse=False))
     x_b = F.silu(_depthwise_conv1d(x, self.conv1d_b.weight, self.conv1d_b.bias, reverse=True))
-    dt_f, B_f, C_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
-    dt_b, B_b, C_b = self._ssm_inputs(x_b, self.x_proj_b, self.dt_proj_b)
-    y = bidirectional_scan_op(
-        x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b,
-        -torch.exp(_float32_or_wider(self.A_log)), -torch.exp(_float32_or_wider(self.A_b_log)),
-        _float32_or_wider(self.D), _float32_or_wider(self.D_b),
-        _float32_or_wider(self.dt_proj.bias), _float32_or_wider(self.dt_proj_b.bias), z,
-    )
+    y = bidirectional_scan_op(*self._scan_inputs(x_f, x_b, z))
     return self.out_proj(y)
 
 

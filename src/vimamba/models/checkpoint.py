@@ -1,20 +1,18 @@
-"""Reading, checking, adapting and writing Vim weights (official ``.pth`` files, our own ``.pth`` and ``.safetensors``).
+"""Vim weights into a model (official ``.pth`` files, vimamba checkpoints, ``.safetensors``), and writing them.
 
-* :func:`read_checkpoint` opens a file: an official training checkpoint (a dict with ``model`` and/or
-  ``model_ema``), a bare state_dict, a vimamba checkpoint, or a ``.safetensors`` file.
+Files are read by the one loader (:func:`vimamba.checkpoints.read_checkpoint`); this module puts the weights it
+found into a Vim:
+
 * :func:`load_checkpoint` puts the weights into a model. Position embeddings of another patch grid are resized (the
   class slot stays in the middle); anything else that does not fit raises :class:`CheckpointError`, naming the
   missing, unexpected and mis-shaped keys and the architecture the checkpoint looks like.
-* :func:`save_weights` writes weights atomically, with the model config and class names, to ``.pth`` or
-  ``.safetensors``.
+* :func:`save_weights` writes weights atomically, with the architecture, class names and preprocessing: a
+  weights-only checkpoint of the current format (``.pth``) or a ``.safetensors`` file with JSON metadata.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -22,6 +20,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..checkpoints.format import CheckpointFormatError, make_checkpoint
+from ..checkpoints.loading import (ARCH_KEY, CLASS_NAMES_KEY, CONFIG_KEY, PREPROCESSING_KEY, RunCheckpoint,
+                                   read_checkpoint, vim_arch)
+from ..checkpoints.state_dicts import clean_state_dict, describe_foreign, infer_config, select_weights
 from ..io import atomic_write
 from .pos_embed import infer_square_grid, resize_pos_embed
 from .variants import find_registered_name
@@ -30,7 +32,6 @@ __all__ = [
     "CheckpointError",
     "Checkpoint",
     "LoadReport",
-    "read_checkpoint",
     "select_weights",
     "load_checkpoint",
     "prepare_state_dict",
@@ -44,32 +45,31 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-# Keys vimamba writes next to the weights (in .pth dicts and in .safetensors metadata).
-CONFIG_KEY = "vimamba_config"
-CLASS_NAMES_KEY = "class_names"
-PREPROCESSING_KEY = "preprocessing"  # how inputs are prepared (size, channels, mean/std, crop), a plain dict
-ARCH_KEY = "arch"
-
-# Containers in which training scripts store weights, in order of preference for weights="auto".
-_MODEL_KEYS = ("model", "state_dict", "module", "model_state_dict")
-_EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read, or whose weights do not fit the model."""
+# A checkpoint that cannot be read, or whose weights do not fit the model: one error class for every checkpoint.
+CheckpointError = CheckpointFormatError
 
 
 @dataclass
 class Checkpoint:
-    """Weights read from a file, with what vimamba knows about them."""
+    """One set of Vim weights, with what is known about them (from a file: :meth:`from_run`)."""
 
     state_dict: Dict[str, torch.Tensor]
-    config: Optional[dict] = None  # VimConfig fields, when written by vimamba
+    config: Optional[dict] = None  # VimConfig fields, when known
     class_names: Optional[List[str]] = None
     arch: Optional[str] = None  # registered model name, when known
     preprocessing: Optional[dict] = None  # input preparation saved with the weights (vimamba.data.Preprocessing)
     weights_key: str = "(bare state_dict)"  # where in the file the weights came from
     path: Optional[Path] = None
+
+    @classmethod
+    def from_run(cls, run: RunCheckpoint, weights: str = "auto") -> "Checkpoint":
+        """The classifier weights of a checkpoint read by the loader (``weights``: "auto", "model" or "ema")."""
+        if run.task not in (None, "classification"):  # None: unrecognised weights, judged by their keys
+            raise CheckpointError(f"{run.where} is a {run.task} checkpoint, not the weights of a Vim classifier")
+        state_dict, key = run.select(weights)
+        return cls(state_dict=state_dict, config=run.vim_config(), class_names=run.class_names or None,
+                   arch=run.arch["name"] if run.arch else None, preprocessing=run.preprocessing, weights_key=key,
+                   path=run.path)
 
     def describe(self) -> str:
         where = f"'{self.path}'" if self.path else "the given state_dict"
@@ -86,185 +86,7 @@ class LoadReport:
     skipped: List[str] = field(default_factory=list)  # e.g. a head of another number of classes
 
 
-# ---------------------------------------------------------------------------------------------------- reading
-def clean_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Strip wrapper prefixes (``module.`` from DDP, ``_orig_mod.`` from torch.compile)."""
-    out = {}
-    for key, value in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    )
-
-
-def _torch_load(path: Path, trust_pickle: bool):
-    try:
-        if trust_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        # Official training checkpoints store their argparse.Namespace next to the weights.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types for damaged files (RuntimeError, KeyError, EOFError, ...)
-        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
-            raise CheckpointError(
-                f"'{path}' holds Python objects that are not loaded by default for safety. If you trust the file, "
-                f"load it with trust_pickle=True (command line: --trust-checkpoint). Details: {str(e).splitlines()[0]}"
-            ) from e
-        raise CheckpointError(
-            f"could not read '{path}' as a PyTorch checkpoint ({type(e).__name__}: {e}). The file may be truncated "
-            "(an interrupted download or copy) or not a checkpoint at all."
-        ) from e
-
-
-def _read_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"could not read '{path}' as a safetensors file: {e}. The file may be truncated.") from e
-    return tensors, metadata
-
-
-def select_weights(obj: dict, weights: str = "auto",
-                   where: str = "the checkpoint") -> Tuple[Dict[str, torch.Tensor], str]:
-    """The weights inside a checkpoint dict and where they were: ``(clean state_dict, "'model'")``.
-
-    A bare state_dict is returned as it is. In a training checkpoint (the official ``{"model", "model_ema",
-    "optimizer", "args", ...}`` layout, or ``state_dict``/``module``/``model_state_dict``), ``weights`` picks the
-    trained weights ("model"), the EMA weights ("ema"), or the trained weights else the EMA ones ("auto").
-    """
-    if weights not in ("auto", "model", "ema"):
-        raise ValueError(f"weights must be 'auto', 'model' or 'ema', got {weights!r}")
-    if _is_state_dict(obj):
-        if weights == "ema":
-            raise CheckpointError(f"{where} is a bare state_dict; it has no EMA weights")
-        return clean_state_dict(obj), "(bare state_dict)"
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{where} holds a {type(obj).__name__}, not model weights")
-    model_keys = [k for k in _MODEL_KEYS if _is_state_dict(obj.get(k))]
-    ema_keys = [k for k in _EMA_KEYS if _is_state_dict(obj.get(k))]
-    if weights == "ema":
-        candidates = ema_keys
-    elif weights == "model":
-        candidates = model_keys
-    else:
-        candidates = model_keys + ema_keys
-    if not candidates:
-        wanted = {"ema": "EMA weights (model_ema)", "model": "model weights (model)"}.get(weights, "model weights")
-        raise CheckpointError(f"no {wanted} found in {where}; its top-level keys are {sorted(map(str, obj))}")
-    key = candidates[0]
-    return clean_state_dict(obj[key]), f"'{key}'"
-
-
-def read_checkpoint(path: PathLike, weights: str = "auto", trust_pickle: bool = False) -> Checkpoint:
-    """Open a checkpoint file and find the model weights in it.
-
-    Args:
-        path: ``.pth``/``.pt``/``.bin`` (torch pickle) or ``.safetensors``.
-        weights: "auto" (the trained model: ``model``, else ``state_dict``, else the EMA weights), "model", or
-            "ema" (``model_ema``).
-        trust_pickle: allow arbitrary pickled objects (only for files you trust).
-    """
-    if weights not in ("auto", "model", "ema"):
-        raise ValueError(f"weights must be 'auto', 'model' or 'ema', got {weights!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
-
-    if path.suffix == ".safetensors":
-        tensors, metadata = _read_safetensors(path)
-        if weights == "ema":
-            raise CheckpointError(f"'{path}' is a safetensors file with one set of weights; it has no EMA weights")
-        return Checkpoint(
-            state_dict=clean_state_dict(tensors),
-            config=json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None,
-            class_names=json.loads(metadata[CLASS_NAMES_KEY]) if CLASS_NAMES_KEY in metadata else None,
-            arch=metadata.get(ARCH_KEY),
-            preprocessing=json.loads(metadata[PREPROCESSING_KEY]) if PREPROCESSING_KEY in metadata else None,
-            weights_key="safetensors",
-            path=path,
-        )
-
-    obj = _torch_load(path, trust_pickle)
-    state_dict, key = select_weights(obj, weights, f"'{path}'")
-    if _is_state_dict(obj):
-        return Checkpoint(state_dict=state_dict, weights_key=key, path=path)
-    config = obj.get(CONFIG_KEY)
-    return Checkpoint(
-        state_dict=state_dict,
-        config=dict(config) if isinstance(config, dict) else None,
-        class_names=list(obj[CLASS_NAMES_KEY]) if obj.get(CLASS_NAMES_KEY) is not None else None,
-        arch=obj.get(ARCH_KEY) if isinstance(obj.get(ARCH_KEY), str) else None,
-        preprocessing=dict(obj[PREPROCESSING_KEY]) if isinstance(obj.get(PREPROCESSING_KEY), dict) else None,
-        weights_key=key,
-        path=path,
-    )
-
-
 # ---------------------------------------------------------------------------------------------------- architecture
-def infer_config(state_dict: Dict[str, torch.Tensor]) -> Optional[dict]:
-    """The VimConfig fields a Vim state_dict implies (None if it is not a Vim state_dict).
-
-    The patch stride is not stored in the weights: it is inferred from the position-embedding length assuming the
-    official 224x224 input (so 730 slots -> stride 8), else stride = patch size at the matching image size.
-    """
-    needed = ("patch_embed.proj.weight", "pos_embed", "layers.0.mixer.A_log", "layers.0.mixer.dt_proj.weight")
-    if not all(k in state_dict for k in needed):
-        return None
-    proj = state_dict["patch_embed.proj.weight"]
-    embed_dim, in_chans, patch = proj.shape[0], proj.shape[1], proj.shape[2]
-    layer_ids = {int(k.split(".")[1]) for k in state_dict if k.startswith("layers.") and k.split(".")[1].isdigit()}
-    a_log = state_dict["layers.0.mixer.A_log"]
-    conv = state_dict.get("layers.0.mixer.conv1d.weight")
-    config = dict(
-        embed_dim=embed_dim,
-        in_chans=in_chans,
-        patch_size=patch,
-        depth=max(layer_ids) + 1,
-        d_state=a_log.shape[1],
-        expand=max(1, a_log.shape[0] // embed_dim),
-        dt_rank=state_dict["layers.0.mixer.dt_proj.weight"].shape[1],
-        num_classes=state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0,
-    )
-    if conv is not None:
-        config["d_conv"] = conv.shape[-1]
-    if config["dt_rank"] == math.ceil(embed_dim / 16):
-        config["dt_rank"] = None
-    try:
-        grid = infer_square_grid(state_dict["pos_embed"].shape[1])[0]
-    except ValueError:
-        return config
-    stride_at_224 = (224 - patch) / (grid - 1) if grid > 1 else None
-    if stride_at_224 is not None and stride_at_224.is_integer() and 0 < stride_at_224 <= patch:
-        config.update(img_size=224, stride=int(stride_at_224))
-    else:
-        config.update(img_size=grid * patch, stride=patch)
-    return config
-
-
-def _describe_foreign(state_dict: Dict[str, torch.Tensor]) -> str:
-    keys = set(state_dict)
-    if any(k.startswith("rope.freqs") for k in keys):
-        return ("an early (January 2024) RoPE Vim checkpoint without a middle class token; vimamba implements the "
-                "released middle-class-token models (hustvl/Vim-*-midclstok)")
-    if any(".attn.qkv." in k for k in keys):
-        return "a ViT/DeiT (attention) checkpoint, not a Vision Mamba one; build it with timm"
-    if any(k.startswith("backbone.") for k in keys):
-        return "a detection/segmentation checkpoint (keys start with 'backbone.'); load it with vimamba's dense tools"
-    sample = ", ".join(sorted(keys)[:5])
-    return f"not a Vision Mamba checkpoint (first keys: {sample})"
-
-
 def _describe_config(config: dict) -> str:
     img = config.get("img_size", 224)
     img = f"{img[0]}x{img[1]}" if isinstance(img, (list, tuple)) else img
@@ -306,9 +128,11 @@ def _source_grid(ckpt: Checkpoint, num_slots: int) -> Tuple[int, int]:
 def _as_checkpoint(source, weights: str, trust_pickle: bool) -> Checkpoint:
     if isinstance(source, Checkpoint):
         return source
+    if isinstance(source, RunCheckpoint):
+        return Checkpoint.from_run(source, weights)
     if isinstance(source, dict):
         return Checkpoint(state_dict=clean_state_dict(source))
-    return read_checkpoint(source, weights=weights, trust_pickle=trust_pickle)
+    return Checkpoint.from_run(read_checkpoint(source, trust_pickle=trust_pickle), weights)
 
 
 def prepare_state_dict(
@@ -385,14 +209,14 @@ def prepare_state_dict(
             lines.append("  build that architecture (vimamba.load_model(path) does it from the file), or pass "
                          "ignore_head=True if only the classifier differs")
         else:
-            lines.append(f"  the checkpoint looks like {_describe_foreign(ckpt.state_dict)}")
+            lines.append(f"  the checkpoint looks like {describe_foreign(ckpt.state_dict)}")
         raise CheckpointError("\n".join(lines))
     return incoming, report
 
 
 def load_checkpoint(
     model: nn.Module,
-    source: Union[PathLike, Checkpoint, Dict[str, torch.Tensor]],
+    source: Union[PathLike, Checkpoint, RunCheckpoint, Dict[str, torch.Tensor]],
     *,
     strict: bool = True,
     weights: str = "auto",
@@ -429,18 +253,20 @@ def save_weights(
     state_dict: Optional[Dict[str, torch.Tensor]] = None,
     preprocessing: Optional[dict] = None,
 ) -> Path:
-    """Write the model's weights (or ``state_dict``) with its config, class names and preprocessing, atomically.
+    """Write a Vim's weights (or ``state_dict``) with its architecture, class names and preprocessing, atomically.
 
-    ``.safetensors`` -> a safetensors file whose metadata holds the config and class names as JSON;
-    anything else -> a torch file ``{"model": state_dict, "vimamba_config": ..., "class_names": ..., "arch": ...}``
-    that :func:`read_checkpoint` and the official code's ``checkpoint['model']`` both understand.
+    ``.safetensors`` -> a safetensors file whose metadata holds the config, class names and preprocessing as JSON;
+    anything else -> a weights-only checkpoint of the current format (:func:`vimamba.checkpoints.make_checkpoint`,
+    task "classification"), which :func:`vimamba.load_model` and the official code's ``checkpoint['model']`` both
+    understand.
     """
     path = Path(path)
     state_dict = {k: v.detach().cpu().contiguous() for k, v in (state_dict or model.state_dict()).items()}
     cfg = getattr(model, "cfg", None)
-    config = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else None
-    if config is not None:
-        config.pop("scan_impl", None)  # a property of the machine, not of the weights
+    if cfg is None or not hasattr(cfg, "d_state"):
+        raise TypeError(f"save_weights writes Vim weights; got a {type(model).__name__}")
+    config = cfg.to_dict()
+    config.pop("scan_impl", None)  # a property of the machine, not of the weights
     if class_names is None:
         class_names = getattr(model, "class_names", None)
     arch = arch or getattr(model, "arch", None)
@@ -449,9 +275,7 @@ def save_weights(
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            metadata = {"format": "pt"}
-            if config is not None:
-                metadata[CONFIG_KEY] = json.dumps(config)
+            metadata = {"format": "pt", CONFIG_KEY: json.dumps(config)}
             if class_names is not None:
                 metadata[CLASS_NAMES_KEY] = json.dumps(list(class_names))
             if arch:
@@ -460,14 +284,6 @@ def save_weights(
                 metadata[PREPROCESSING_KEY] = json.dumps(preprocessing)
             save_file(state_dict, str(tmp), metadata=metadata)
         else:
-            payload = {"model": state_dict}
-            if config is not None:
-                payload[CONFIG_KEY] = config
-            if class_names is not None:
-                payload[CLASS_NAMES_KEY] = list(class_names)
-            if arch:
-                payload[ARCH_KEY] = arch
-            if preprocessing is not None:
-                payload[PREPROCESSING_KEY] = dict(preprocessing)
-            torch.save(payload, tmp)
+            torch.save(make_checkpoint(task="classification", arch=vim_arch(config, arch), model=state_dict,
+                                       preprocessing=preprocessing, class_names=class_names or ()), tmp)
     return path

@@ -15,10 +15,12 @@ def register(subparsers) -> None:
     p.add_argument("--aliases", action="store_true", help="also list the official long names")
     p.set_defaults(func=_models)
 
-    p = subparsers.add_parser("info", help="describe a model name or a checkpoint file",
+    p = subparsers.add_parser("info", help="describe a model name or any checkpoint file (task, architecture, "
+                                           "step, classes, preprocessing, format)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="registered model name or checkpoint path")
     p.add_argument("--img-size", type=image_size, nargs="+", default=None, help="also show the token count at these sizes")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects in a .pth you trust")
     p.set_defaults(func=_info)
 
@@ -59,48 +61,110 @@ def _models(args) -> int:
     return 0
 
 
-def _info(args) -> int:
+def _tokens(cfg, sizes) -> dict:
+    """``{"HxW": token count}`` of a Vim config at each square size (a meta-device model: no memory, no time)."""
     import torch
 
-    from .checkpoint import read_checkpoint
-    from .registry import load_model, model_config
     from .vim import VisionMamba
 
-    if Path(args.model).exists():
-        ckpt = read_checkpoint(args.model, trust_pickle=args.trust_checkpoint)
-        model = load_model(ckpt)
-        print(f"{ckpt.describe()}: {len(ckpt.state_dict)} tensors")
-        if ckpt.class_names:
-            shown = ", ".join(ckpt.class_names[:10]) + (" ..." if len(ckpt.class_names) > 10 else "")
-            print(f"classes ({len(ckpt.class_names)}): {shown}")
-    else:
-        with torch.device("meta"):
-            model = VisionMamba(model_config(args.model))
-    cfg = model.cfg
-    print(f"architecture: {getattr(model, 'arch', None) or 'custom Vim'}")
-    print(f"parameters: {_count(model):,}")
-    print(json.dumps({k: v for k, v in cfg.to_dict().items()}, indent=2))
-    for size in args.img_size or []:
+    with torch.device("meta"):
+        model = VisionMamba(cfg)
+    tokens = {}
+    for size in sizes or []:
         check_image_size(size, cfg.patch_size)
         grid = model.patch_embed.feat_size((size, size))
-        print(f"{size}x{size}: {grid[0]}x{grid[1]} patches + 1 class token = {grid[0] * grid[1] + 1} tokens")
+        tokens[f"{size}x{size}"] = {"grid": list(grid), "tokens": grid[0] * grid[1] + 1}
+    return tokens
+
+
+def _print_tokens(tokens: dict) -> None:
+    for size, t in tokens.items():
+        print(f"{size}: {t['grid'][0]}x{t['grid'][1]} patches + 1 class token = {t['tokens']} tokens")
+
+
+def _info(args) -> int:
+    if Path(args.model).exists():
+        return _info_checkpoint(args)
+    import torch
+
+    from .registry import model_config
+    from .vim import VisionMamba
+
+    cfg = model_config(args.model)
+    with torch.device("meta"):
+        model = VisionMamba(cfg)
+    info = {"name": args.model, "parameters": _count(model), "config": cfg.to_dict(),
+            "tokens": _tokens(cfg, args.img_size)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"architecture: {args.model}")
+    print(f"parameters: {info['parameters']:,}")
+    print(json.dumps(info["config"], indent=2))
+    _print_tokens(info["tokens"])
+    return 0
+
+
+def _info_checkpoint(args) -> int:
+    """Describe any checkpoint through the loader, without building its model."""
+    from ..checkpoints.loading import read_checkpoint
+    from ..checkpoints.state_dicts import describe_foreign
+    from .vim import VimConfig
+
+    ckpt = read_checkpoint(args.model, trust_pickle=args.trust_checkpoint)
+    vim = ckpt.vim_config()
+    info = {
+        "path": str(ckpt.path), "source_format": ckpt.source_format, "task": ckpt.task, "arch": ckpt.arch,
+        "task_config": ckpt.task_config, "step": ckpt.step, "progress": ckpt.progress, "num_classes": len(ckpt.class_names),
+        "class_names": ckpt.class_names, "preprocessing": ckpt.preprocessing, "data_config": ckpt.data_config,
+        "weights": {"from": ckpt.weights_key, "tensors": len(ckpt.weights),
+                    "values": sum(v.numel() for v in ckpt.weights.values()), "ema": ckpt.ema_weights is not None},
+        "vim_config": vim, "tokens": _tokens(VimConfig.from_dict(vim), args.img_size) if vim else {},
+    }
+    if ckpt.task is None:
+        info["looks_like"] = describe_foreign(ckpt.weights)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"checkpoint '{ckpt.path}' ({ckpt.source_format})")
+    print(f"task: {ckpt.task or 'unknown: ' + info['looks_like']}")
+    if ckpt.arch:
+        overrides = ", ".join(f"{k}={v}" for k, v in ckpt.arch["overrides"].items())
+        print(f"architecture: {ckpt.arch['name']} ({ckpt.arch['family']})" + (f" with {overrides}" if overrides
+                                                                              else ""))
+    if ckpt.step is not None or ckpt.progress:
+        details = ", ".join(f"{k.replace('_', ' ')} {json.dumps(v, default=str)}" for k, v in ckpt.progress.items())
+        print(f"step: {ckpt.step if ckpt.step is not None else '-'}" + (f" ({details})" if details else ""))
+    weights = info["weights"]
+    print(f"weights: {weights['tensors']} tensors, {weights['values']:,} values, from {ckpt.weights_key}"
+          + (" (+ EMA weights)" if weights["ema"] else ""))
+    if ckpt.class_names:
+        shown = ", ".join(ckpt.class_names[:10]) + (" ..." if len(ckpt.class_names) > 10 else "")
+        print(f"classes ({len(ckpt.class_names)}): {shown}")
+    for name in ("preprocessing", "data_config", "task_config"):
+        if info[name]:
+            print(f"{name.replace('_', ' ')}: {json.dumps(info[name], default=str)}")
+    _print_tokens(info["tokens"])
     return 0
 
 
 def _convert(args) -> int:
-    from .checkpoint import read_checkpoint, save_weights
-    from .registry import load_model
-
+    from ..checkpoints.loading import load_model, read_checkpoint
     from ..errors import UserError
     from ..io import same_file
+    from .checkpoint import CheckpointError, save_weights
+    from .vim import VisionMamba
 
     if same_file(args.checkpoint, args.output):  # a symlink or hard link to the input counts as the input
         raise UserError(f"the output '{args.output}' is the input checkpoint '{args.checkpoint}'; converting in "
                         "place would replace it (with its optimizer, scheduler and EMA state) by bare weights. "
                         "Choose another output file")
-    ckpt = read_checkpoint(args.checkpoint, weights=args.weights, trust_pickle=args.trust_checkpoint)
-    model = load_model(ckpt)
-    out = save_weights(model, args.output, class_names=ckpt.class_names)
+    ckpt = read_checkpoint(args.checkpoint, trust_pickle=args.trust_checkpoint)
+    model = load_model(ckpt, weights=args.weights, task="classification")
+    if not isinstance(model, VisionMamba):
+        raise CheckpointError(f"{ckpt.describe()} holds a {type(model).__name__}, not a Vim: vimamba convert "
+                              "writes Vim weights")
+    out = save_weights(model, args.output, class_names=ckpt.class_names or None, preprocessing=ckpt.preprocessing)
     print(f"wrote {out} ({getattr(model, 'arch', None) or 'custom Vim'}, {_count(model):,} parameters, "
-          f"weights from {ckpt.weights_key})")
+          f"weights from {ckpt.select(args.weights)[1]})")
     return 0

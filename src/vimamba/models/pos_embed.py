@@ -16,6 +16,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 from torch.fx.experimental.symbolic_shapes import statically_known_true
+from ..errors import InputError
 
 __all__ = ["insert_cls_token", "remove_cls_token", "split_pos_embed", "resize_pos_embed", "infer_square_grid",
            "same_grid"]
@@ -58,7 +59,7 @@ def infer_square_grid(num_tokens: int) -> Tuple[int, int]:
     m = num_tokens - 1
     side = int(round(m ** 0.5))
     if side * side != m:
-        raise ValueError(
+        raise InputError(
             f"a position embedding of {num_tokens} slots is not a square grid plus a class token; "
             "give the source grid explicitly"
         )
@@ -74,9 +75,9 @@ def resize_pos_embed(
     can run inside ``forward`` while training at another resolution.
     """
     if pos_embed.dim() != 3 or pos_embed.shape[0] != 1:
-        raise ValueError(f"pos_embed must have shape (1, M + 1, D), got {tuple(pos_embed.shape)}")
+        raise InputError(f"pos_embed must have shape (1, M + 1, D), got {tuple(pos_embed.shape)}")
     if pos_embed.shape[1] != old_grid[0] * old_grid[1] + 1:
-        raise ValueError(
+        raise InputError(
             f"pos_embed has {pos_embed.shape[1]} slots but the grid {old_grid} needs {old_grid[0] * old_grid[1] + 1}"
         )
     if same_grid(old_grid, new_grid):

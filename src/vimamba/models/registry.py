@@ -19,21 +19,19 @@ registration. The official long names are registered too, as aliases.
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Union
 
 import timm
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from .checkpoint import Checkpoint, CheckpointError, _describe_foreign, infer_config, load_checkpoint, read_checkpoint
 from .variants import (OFFICIAL_REPOSITORY, VARIANTS, ModelEntry, find_registered_name, get_model_entry,
                        list_models, model_config, resolve_name)
 from .vim import VimConfig, VisionMamba
 from .weights import checkpoint_filter_fn, load_pretrained
 
-__all__ = ["ModelEntry", "create_model", "list_models", "load_model", "find_registered_name", "get_model_entry",
+__all__ = ["ModelEntry", "create_model", "list_models", "find_registered_name", "get_model_entry",
            "resolve_name", "model_config", "default_cfgs"]
 
 
@@ -221,27 +219,4 @@ def create_model(
     model = timm.create_model(canonical, pretrained=False, pretrained_cfg_overlay=dict(file=os.fspath(pretrained)),
                               **overrides)
     load_pretrained(model, pretrained, weights=weights, trust_pickle=trust_pickle)
-    return model
-
-
-def load_model(
-    path: Union[str, os.PathLike, Checkpoint], *, weights: str = "auto", trust_pickle: bool = False, **overrides
-) -> VisionMamba:
-    """Build the model a checkpoint was made for and load it (config from the file, else inferred from the shapes)."""
-    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path, weights=weights, trust_pickle=trust_pickle)
-    if ckpt.config is not None:
-        config = dict(ckpt.config)
-    else:
-        config = infer_config(ckpt.state_dict)
-        if config is None:
-            raise CheckpointError(f"{ckpt.describe()} is {_describe_foreign(ckpt.state_dict)}")
-    config.pop("scan_impl", None)
-    config = VimConfig.from_dict({**config, **overrides}).to_dict()  # unknown fields: a clear error
-    registered = find_registered_name(config)
-    arch = ckpt.arch if ckpt.arch in VARIANTS else registered
-    overlay = dict(file=os.fspath(ckpt.path)) if ckpt.path is not None else None
-    model = timm.create_model(arch or "vim_tiny_patch16_224", pretrained=False, pretrained_cfg_overlay=overlay,
-                              **{k: v for k, v in config.items() if v is not None})
-    model.arch = ckpt.arch or registered
-    load_checkpoint(model, ckpt, ignore_head="num_classes" in overrides)
     return model

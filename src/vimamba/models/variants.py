@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
 from .vim import VimConfig
+from ..errors import ArgumentsError, InputError, UnknownNameError
 
 __all__ = ["ModelEntry", "VARIANTS", "OFFICIAL_REPOSITORY", "resolve_name", "get_model_entry", "list_models",
            "model_config", "find_registered_name"]
@@ -32,37 +33,29 @@ class ModelEntry:
 
 
 _OFFICIAL_SUFFIX = "_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2"
+_STRIDE8_NOTE = "{} : fine-tuned at stride 8 (729 patches) for 30 epochs"
+
+
+def _official(name: str, embed_dim: int, stride: int, weights: str, top1: float, notes: str = "",
+              official_name: str = "") -> ModelEntry:
+    """A variant with official hustvl/Vim weights: ``weights`` is ``"<Hugging Face repository>/<file>"``, and the
+    official model name (its alias) is ``name`` + the common suffix unless ``official_name`` says otherwise."""
+    hf_hub_id, _, hf_hub_filename = weights.rpartition("/")
+    return ModelEntry(name, dict(embed_dim=embed_dim, stride=stride),
+                      aliases=(official_name or name + _OFFICIAL_SUFFIX,), hf_hub_id=hf_hub_id, hf_hub_filename=hf_hub_filename, top1=top1, notes=notes)
+
 
 # File names: each hustvl/Vim-*-midclstok repository holds the 224/stride-16 weights and, for tiny and small, the
 # stride-8 fine-tuned ("ft", the README's "+") weights.
 VARIANTS: Dict[str, ModelEntry] = {entry.name: entry for entry in (
-    ModelEntry(
-        "vim_tiny_patch16_224", dict(embed_dim=192, stride=16),
-        aliases=("vim_tiny_patch16_224" + _OFFICIAL_SUFFIX,),
-        hf_hub_id="hustvl/Vim-tiny-midclstok", hf_hub_filename="vim_t_midclstok_76p1acc.pth", top1=76.1,
-    ),
-    ModelEntry(
-        "vim_tiny_patch16_stride8_224", dict(embed_dim=192, stride=8),
-        aliases=("vim_tiny_patch16_stride8_224" + _OFFICIAL_SUFFIX,),
-        hf_hub_id="hustvl/Vim-tiny-midclstok", hf_hub_filename="vim_t_midclstok_ft_78p3acc.pth", top1=78.3,
-        notes="Vim-Ti+ : fine-tuned at stride 8 (729 patches) for 30 epochs",
-    ),
-    ModelEntry(
-        "vim_small_patch16_224", dict(embed_dim=384, stride=16),
-        aliases=("vim_small_patch16_224" + _OFFICIAL_SUFFIX,),
-        hf_hub_id="hustvl/Vim-small-midclstok", hf_hub_filename="vim_s_midclstok_80p5acc.pth", top1=80.5,
-    ),
-    ModelEntry(
-        "vim_small_patch16_stride8_224", dict(embed_dim=384, stride=8),
-        aliases=("vim_small_patch16_stride8_224" + _OFFICIAL_SUFFIX,),
-        hf_hub_id="hustvl/Vim-small-midclstok", hf_hub_filename="vim_s_midclstok_ft_81p6acc.pth", top1=81.6,
-        notes="Vim-S+ : fine-tuned at stride 8 (729 patches) for 30 epochs",
-    ),
-    ModelEntry(
-        "vim_base_patch16_224", dict(embed_dim=768, stride=16),
-        aliases=("vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2",),
-        hf_hub_id="hustvl/Vim-base-midclstok", hf_hub_filename="vim_b_midclstok_81p9acc.pth", top1=81.9,
-    ),
+    _official("vim_tiny_patch16_224", 192, 16, "hustvl/Vim-tiny-midclstok/vim_t_midclstok_76p1acc.pth", 76.1),
+    _official("vim_tiny_patch16_stride8_224", 192, 8, "hustvl/Vim-tiny-midclstok/vim_t_midclstok_ft_78p3acc.pth",
+              78.3, _STRIDE8_NOTE.format("Vim-Ti+")),
+    _official("vim_small_patch16_224", 384, 16, "hustvl/Vim-small-midclstok/vim_s_midclstok_80p5acc.pth", 80.5),
+    _official("vim_small_patch16_stride8_224", 384, 8, "hustvl/Vim-small-midclstok/vim_s_midclstok_ft_81p6acc.pth",
+              81.6, _STRIDE8_NOTE.format("Vim-S+")),
+    _official("vim_base_patch16_224", 768, 16, "hustvl/Vim-base-midclstok/vim_b_midclstok_81p9acc.pth", 81.9,
+              official_name="vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2"),
 )}
 
 _ALIASES: Dict[str, str] = {alias: entry.name for entry in VARIANTS.values() for alias in entry.aliases}
@@ -73,7 +66,7 @@ def _check_table() -> None:
     for entry in VARIANTS.values():
         unknown = set(entry.config) - valid
         if unknown:
-            raise ValueError(f"model {entry.name}: unknown config fields {sorted(unknown)}")
+            raise InputError(f"model {entry.name}: unknown config fields {sorted(unknown)}")
 
 
 _check_table()
@@ -88,7 +81,7 @@ def resolve_name(name: str) -> str:
         return _ALIASES[base]
     close = fnmatch.filter(list(VARIANTS) + list(_ALIASES), f"*{base.replace('_', '*')}*")[:3]
     hint = f" Did you mean {close}?" if close else ""
-    raise KeyError(f"unknown Vim model {name!r}.{hint} Registered: {sorted(VARIANTS)}")
+    raise UnknownNameError(f"unknown Vim model {name!r}.{hint} Registered: {sorted(VARIANTS)}")
 
 
 def get_model_entry(name: str) -> ModelEntry:
@@ -107,7 +100,7 @@ def model_config(name: str, **overrides) -> VimConfig:
     valid = {f.name for f in fields(VimConfig)}
     unknown = set(overrides) - valid
     if unknown:
-        raise TypeError(
+        raise ArgumentsError(
             f"create_model({name!r}): unknown arguments {sorted(unknown)}; a Vim model takes {sorted(valid)}"
         )
     return VimConfig(**{**entry.config, **overrides})

@@ -36,7 +36,9 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import bidirectional_conv_silu, bidirectional_selective_scan, resolve_scan_impl
+from ..ops.scan_inputs import ScanInputs
 from .pos_embed import insert_cls_token, remove_cls_token, resize_pos_embed, same_grid
+from ..errors import InputError
 
 __all__ = ["VimConfig", "VisionMamba", "VimBlock", "BiMambaMixer", "RMSNorm", "PatchEmbed"]
 
@@ -46,7 +48,7 @@ def _to_2tuple(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
         return (v, v)
     v = tuple(int(i) for i in v)
     if len(v) != 2:
-        raise ValueError(f"expected an int or a pair (height, width), got {v}")
+        raise InputError(f"expected an int or a pair (height, width), got {v}")
     return v  # type: ignore[return-value]
 
 
@@ -90,15 +92,15 @@ class VimConfig:
         for name in ("patch_size", "stride", "in_chans", "embed_dim", "depth", "d_state", "expand", "d_conv"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"VimConfig.{name} must be a positive integer, got {value!r}")
+                raise InputError(f"VimConfig.{name} must be a positive integer, got {value!r}")
         if self.num_classes < 0:
-            raise ValueError(f"VimConfig.num_classes must be >= 0 (0 = no head), got {self.num_classes}")
+            raise InputError(f"VimConfig.num_classes must be >= 0 (0 = no head), got {self.num_classes}")
         if self.stride > self.patch_size:
-            raise ValueError(f"stride {self.stride} > patch_size {self.patch_size} would skip pixels")
+            raise InputError(f"stride {self.stride} > patch_size {self.patch_size} would skip pixels")
         if min(self.img_size) < self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is smaller than one patch ({self.patch_size})")
+            raise InputError(f"img_size {self.img_size} is smaller than one patch ({self.patch_size})")
         if self.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+            raise InputError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
 
     @property
     def d_inner(self) -> int:
@@ -118,7 +120,7 @@ class VimConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown VimConfig fields {unknown}; known fields: {sorted(known)}")
+            raise InputError(f"unknown VimConfig fields {unknown}; known fields: {sorted(known)}")
         return cls(**d)
 
 
@@ -162,11 +164,11 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         if x.dim() != 4:
-            raise ValueError(f"expected images of shape (batch, channels, height, width), got {tuple(x.shape)}")
+            raise InputError(f"expected images of shape (batch, channels, height, width), got {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
-            raise ValueError(f"the model takes {self.in_chans}-channel images, got {x.shape[1]} channels")
+            raise InputError(f"the model takes {self.in_chans}-channel images, got {x.shape[1]} channels")
         if min(x.shape[-2:]) < self.patch_size:
-            raise ValueError(f"image {tuple(x.shape[-2:])} is smaller than one {self.patch_size}x{self.patch_size} patch")
+            raise InputError(f"image {tuple(x.shape[-2:])} is smaller than one {self.patch_size}x{self.patch_size} patch")
         x = self.proj(x)
         grid = (x.shape[-2], x.shape[-1])
         return x.flatten(2).transpose(1, 2), grid
@@ -228,6 +230,16 @@ class BiMambaMixer(nn.Module):
         dt = F.linear(dt, dt_proj.weight)  # dt_proj's bias is added inside the scan, before the softplus
         return dt, B, C
 
+    def _scan_inputs(self, x_f: torch.Tensor, x_b: torch.Tensor, z: torch.Tensor) -> ScanInputs:
+        """The bidirectional scan's inputs from the two branches' conv outputs and the gate: each direction's dt, B
+        and C from its projections, A = -exp(A_log), D and the dt bias (parameters in float32, or wider)."""
+        dt_f, B_f, C_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
+        dt_b, B_b, C_b = self._ssm_inputs(x_b, self.x_proj_b, self.dt_proj_b)
+        wide = _float32_or_wider
+        return ScanInputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, -torch.exp(wide(self.A_log)),
+                          -torch.exp(wide(self.A_b_log)), wide(self.D), wide(self.D_b), wide(self.dt_proj.bias),
+                          wide(self.dt_proj_b.bias), z)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         impl = resolve_scan_impl(self.scan_impl, x.device)
@@ -235,15 +247,7 @@ class BiMambaMixer(nn.Module):
         # kernel does both in one pass when the scan runs natively too.
         x_f, x_b = bidirectional_conv_silu(x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight,
                                            self.conv1d_b.bias, native=impl == "cpp")
-        dt_f, B_f, C_f = self._ssm_inputs(x_f, self.x_proj, self.dt_proj)
-        dt_b, B_b, C_b = self._ssm_inputs(x_b, self.x_proj_b, self.dt_proj_b)
-        y = bidirectional_selective_scan(
-            x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b,
-            -torch.exp(_float32_or_wider(self.A_log)), -torch.exp(_float32_or_wider(self.A_b_log)),
-            _float32_or_wider(self.D), _float32_or_wider(self.D_b),
-            _float32_or_wider(self.dt_proj.bias), _float32_or_wider(self.dt_proj_b.bias),
-            z, impl=impl,
-        )  # silu(z) * (y_f + y_b) / 2
+        y = bidirectional_selective_scan(*self._scan_inputs(x_f, x_b, z), impl=impl)  # silu(z) * (y_f + y_b) / 2
         return self.out_proj(y)
 
 
@@ -338,7 +342,7 @@ class VisionMamba(nn.Module):
         self.num_classes = self.cfg.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+                raise InputError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
             self.global_pool = self.cfg.global_pool = global_pool
         device = self.pos_embed.device
         self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
@@ -354,7 +358,7 @@ class VisionMamba(nn.Module):
         anything else that does not fit is refused (see :func:`vimamba.models.weights.load_pretrained`).
         """
         if prefix:
-            raise ValueError("Vim checkpoints have no prefix to strip; load_pretrained takes prefix=''")
+            raise InputError("Vim checkpoints have no prefix to strip; load_pretrained takes prefix=''")
         from .weights import load_pretrained  # imported on use: the weights module depends on this one
 
         load_pretrained(self, checkpoint_path)
@@ -366,7 +370,7 @@ class VisionMamba(nn.Module):
         old_grid = pe.grid_size
         if stride is not None:
             if stride > pe.patch_size:
-                raise ValueError(f"stride {stride} > patch_size {pe.patch_size}")
+                raise InputError(f"stride {stride} > patch_size {pe.patch_size}")
             pe.stride = stride
             pe.proj.stride = (stride, stride)
             self.cfg.stride = stride
@@ -455,9 +459,9 @@ class VisionMamba(nn.Module):
             intermediates)``; with ``return_prefix_tokens`` each intermediate is a pair (map, class_token).
         """
         if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+            raise InputError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         if feature not in ("residual", "mixer"):
-            raise ValueError(f"feature must be 'residual' or 'mixer', got {feature!r}")
+            raise InputError(f"feature must be 'residual' or 'mixer', got {feature!r}")
         take_indices, max_index = feature_take_indices(len(self.layers), indices)
         take = set(take_indices)
 

@@ -10,7 +10,7 @@ through :func:`vimamba.models.registry._create_vim`):
   when another number of classes was asked for and adapts the patch embedding to another number of channels.
 * **From a local file** (``pretrained_cfg_overlay=dict(file=PATH)`` or ``vimamba.create_model(pretrained=PATH)``):
   the registry marks the cfg ``custom_load`` so that timm calls ``model.load_pretrained(PATH)``, i.e.
-  :func:`load_pretrained` here. It reads the file with vimamba's reader (official ``.pth``, bare state_dicts,
+  :func:`load_pretrained` here. It reads the file with vimamba's loader (official ``.pth``, bare state_dicts,
   vimamba ``.pth`` and ``.safetensors``; the trained weights rather than the EMA ones unless asked) and applies the
   same adaptations and refusals. timm's own file loader would prefer ``model_ema`` and could not read a
   vimamba checkpoint's metadata.
@@ -23,7 +23,9 @@ from typing import Dict, Optional, Union
 import torch
 import torch.nn as nn
 
-from .checkpoint import Checkpoint, LoadReport, load_checkpoint, prepare_state_dict, read_checkpoint, select_weights
+from ..checkpoints.loading import read_checkpoint
+from ..checkpoints.state_dicts import select_weights
+from .checkpoint import Checkpoint, LoadReport, load_checkpoint, prepare_state_dict
 
 __all__ = ["checkpoint_filter_fn", "load_pretrained", "replaces_head"]
 
@@ -64,7 +66,7 @@ def load_pretrained(
     ``ignore_head=None`` applies timm's rule (:func:`replaces_head`); the patch embedding is adapted to the model's
     input channels. Records the file in ``model.pretrained_cfg``.
     """
-    ckpt = read_checkpoint(path, weights=weights, trust_pickle=trust_pickle)
+    ckpt = Checkpoint.from_run(read_checkpoint(path, trust_pickle=trust_pickle), weights)
     report = load_checkpoint(model, ckpt, ignore_head=replaces_head(model) if ignore_head is None else ignore_head,
                              in_chans="adapt")
     cfg = getattr(model, "pretrained_cfg", None)

@@ -33,6 +33,7 @@ from . import cpp_scan, library
 from .chunked import bidirectional_scan_chunked
 from .conv import bidirectional_conv_silu, depthwise_conv1d
 from .reference import bidirectional_scan_reference, selective_scan_reference
+from .scan_inputs import ScanInputs, scan_entry_point
 
 __all__ = [
     "bidirectional_selective_scan",
@@ -106,25 +107,8 @@ def scan_impl_in_use(impl: Optional[str], device: torch.device) -> str:
     return name
 
 
-def bidirectional_selective_scan(
-    x_f: torch.Tensor,
-    x_b: torch.Tensor,
-    dt_f: torch.Tensor,
-    dt_b: torch.Tensor,
-    B_f: torch.Tensor,
-    B_b: torch.Tensor,
-    C_f: torch.Tensor,
-    C_b: torch.Tensor,
-    A_f: torch.Tensor,
-    A_b: torch.Tensor,
-    D_f: torch.Tensor,
-    D_b: torch.Tensor,
-    dt_bias_f: torch.Tensor,
-    dt_bias_b: torch.Tensor,
-    z: Optional[torch.Tensor] = None,
-    *,
-    impl: Optional[str] = None,
-) -> torch.Tensor:
+@scan_entry_point
+def bidirectional_selective_scan(inputs: ScanInputs, *, impl: Optional[str] = None) -> torch.Tensor:
     """silu(z) * (y_f + y_b) / 2 for Vim's two scan directions, without flipped copies of the sequence.
 
     Shapes (token-major): x_*, dt_*, z: (batch, L, E); B_*, C_*: (batch, L, N); A_*: (E, N); D_*, dt_bias_*: (E,).
@@ -135,15 +119,14 @@ def bidirectional_selective_scan(
     where h_prev is the state of token t-1 (forward) or t+1 (backward). x/dt/z/B/C may be float32, bfloat16 or
     float16; the state and all accumulation are float32; the output has the dtype of ``x_f``.
     """
-    name = resolve_scan_impl(impl, x_f.device)
-    inputs = (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
+    name = resolve_scan_impl(impl, inputs.x_f.device)
     if name == "reference":
         return bidirectional_scan_reference(*inputs)
     if name == "chunked":
         return bidirectional_scan_chunked(*inputs)
     if name == "cpp":
         return cpp_scan.bidirectional_scan_cpp(*inputs)
-    if x_f.device.type == "cuda":  # "triton": the operator's CUDA kernel
+    if inputs.x_f.device.type == "cuda":  # "triton": the operator's CUDA kernel
         return library.bidirectional_scan(*inputs)
     from .triton_scan import bidirectional_scan_triton  # the kernels in Triton's CPU interpreter (tests)
 

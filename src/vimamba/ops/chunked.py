@@ -30,8 +30,9 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bidirectional_scan_chunked", "chunk_length", "check_scan_inputs", "chunked_scan_forward",
-           "chunked_scan_backward"]
+from .scan_inputs import ScanInputs, check_scan_shapes, scan_entry_point
+
+__all__ = ["bidirectional_scan_chunked", "chunk_length", "chunked_scan_forward", "chunked_scan_backward"]
 
 # Elements of one transient (batch, chunks, T, E, N) tensor (8 MiB in float32); forward holds ~4, backward ~10.
 _GROUP_ELEMENTS = 1 << 21
@@ -41,29 +42,6 @@ _SOFTPLUS_THRESHOLD = 20.0  # as F.softplus: x above it is returned as is (deriv
 def chunk_length(length: int) -> int:
     """Tokens per chunk: about sqrt(L), which balances the within-chunk and the across-chunk loops."""
     return max(1, math.ceil(math.sqrt(length)))
-
-
-def check_scan_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z) -> None:
-    """Raise a ValueError naming the offending argument unless the shapes are those of the bidirectional op."""
-    if x_f.dim() != 3:
-        raise ValueError(f"x_f must be (batch, L, E), got shape {tuple(x_f.shape)}")
-    batch, length, channels = x_f.shape
-    if A_f.dim() != 2 or A_f.shape[0] != channels:
-        raise ValueError(f"A_f must be (E, N) = ({channels}, N), got shape {tuple(A_f.shape)}")
-    n_state = A_f.shape[1]
-    expected = {
-        "x_b": (batch, length, channels), "dt_f": (batch, length, channels), "dt_b": (batch, length, channels),
-        "B_f": (batch, length, n_state), "B_b": (batch, length, n_state),
-        "C_f": (batch, length, n_state), "C_b": (batch, length, n_state),
-        "A_b": (channels, n_state), "D_f": (channels,), "D_b": (channels,),
-        "dt_bias_f": (channels,), "dt_bias_b": (channels,), "z": (batch, length, channels),
-    }
-    given = dict(x_b=x_b, dt_f=dt_f, dt_b=dt_b, B_f=B_f, B_b=B_b, C_f=C_f, C_b=C_b, A_b=A_b, D_f=D_f, D_b=D_b,
-                 dt_bias_f=dt_bias_f, dt_bias_b=dt_bias_b, z=z)
-    for name, tensor in given.items():
-        if tensor is not None and tuple(tensor.shape) != expected[name]:
-            raise ValueError(f"{name} must have shape {expected[name]} (from x_f {tuple(x_f.shape)} and "
-                             f"A_f {tuple(A_f.shape)}), got {tuple(tensor.shape)}")
 
 
 def _softplus_with_grad_factor(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -288,28 +266,12 @@ class _ChunkedBidirectionalScan(torch.autograd.Function):
         return chunked_scan_backward(inputs, entries_f, entries_b, grad_out, ctx.needs_input_grad)
 
 
-def bidirectional_scan_chunked(
-    x_f: torch.Tensor,
-    x_b: torch.Tensor,
-    dt_f: torch.Tensor,
-    dt_b: torch.Tensor,
-    B_f: torch.Tensor,
-    B_b: torch.Tensor,
-    C_f: torch.Tensor,
-    C_b: torch.Tensor,
-    A_f: torch.Tensor,
-    A_b: torch.Tensor,
-    D_f: Optional[torch.Tensor],
-    D_b: Optional[torch.Tensor],
-    dt_bias_f: Optional[torch.Tensor],
-    dt_bias_b: Optional[torch.Tensor],
-    z: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+@scan_entry_point
+def bidirectional_scan_chunked(inputs: ScanInputs) -> torch.Tensor:
     """silu(z) * (y_f + y_b) / 2 by the chunked scan; same contract as :func:`vimamba.ops.bidirectional_selective_scan`.
 
     Works on any device and for float32/float64/bfloat16/float16 inputs (state and accumulation in float32, or
     float64 for float64 inputs); ``D_*``, ``dt_bias_*`` and ``z`` may be None. Differentiable in every input.
     """
-    check_scan_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
-    return _ChunkedBidirectionalScan.apply(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b,
-                                           dt_bias_f, dt_bias_b, z)
+    check_scan_shapes(inputs)
+    return _ChunkedBidirectionalScan.apply(*inputs)

@@ -34,6 +34,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .scan_inputs import ScanInputs, scan_entry_point
+
 __all__ = ["bidirectional_scan_cpp", "bidirectional_conv_silu_cpp", "is_available", "load_library", "DISABLE_ENV",
            "CHUNK", "scan_forward", "scan_backward", "saved_states_shape", "native_scan_supported",
            "conv_silu_supported", "conv_silu_forward", "conv_silu_backward"]
@@ -265,23 +267,8 @@ def scan_backward(inputs: Sequence[Optional[torch.Tensor]], z: Optional[torch.Te
     return tuple(g.to(t.dtype) if g is not None else None for g, t in zip(result, (*inputs, z)))
 
 
-def bidirectional_scan_cpp(
-    x_f: torch.Tensor,
-    x_b: torch.Tensor,
-    dt_f: torch.Tensor,
-    dt_b: torch.Tensor,
-    B_f: torch.Tensor,
-    B_b: torch.Tensor,
-    C_f: torch.Tensor,
-    C_b: torch.Tensor,
-    A_f: torch.Tensor,
-    A_b: torch.Tensor,
-    D_f: Optional[torch.Tensor],
-    D_b: Optional[torch.Tensor],
-    dt_bias_f: Optional[torch.Tensor],
-    dt_bias_b: Optional[torch.Tensor],
-    z: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+@scan_entry_point
+def bidirectional_scan_cpp(inputs: ScanInputs) -> torch.Tensor:
     """silu(z) * (y_f + y_b) / 2 by the native CPU kernel; same contract as the other implementations.
 
     Runs the ``vimamba::bidirectional_scan`` operator (:mod:`vimamba.ops.library`), whose CPU kernel is this
@@ -290,7 +277,6 @@ def bidirectional_scan_cpp(
     """
     from .library import bidirectional_scan
 
-    inputs = (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
     if any(t is not None and t.device.type != "cpu" for t in inputs):
         raise ValueError("the 'cpp' selective scan runs on CPU tensors; use impl='auto', 'triton' or 'chunked'")
     return bidirectional_scan(*inputs)

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpp_scan
-from .chunked import check_scan_inputs, chunked_scan_backward, chunked_scan_forward
+from .chunked import chunked_scan_backward, chunked_scan_forward
 from .conv import depthwise_conv1d
+from .scan_inputs import ScanInputs, check_scan_shapes, scan_entry_point
 
 __all__ = ["bidirectional_scan", "bidirectional_conv_silu", "scan_op", "scan_backward_op", "conv_silu_op",
            "conv_silu_backward_op"]
@@ -197,13 +198,10 @@ def _scan_backward(ctx, dout, dstates):
 scan_op.register_autograd(_scan_backward, setup_context=_scan_setup_context)
 
 
-def bidirectional_scan(x_f: Tensor, x_b: Tensor, dt_f: Tensor, dt_b: Tensor, B_f: Tensor, B_b: Tensor,
-                       C_f: Tensor, C_b: Tensor, A_f: Tensor, A_b: Tensor, D_f: Optional[Tensor],
-                       D_b: Optional[Tensor], dt_bias_f: Optional[Tensor], dt_bias_b: Optional[Tensor],
-                       z: Optional[Tensor] = None) -> Tensor:
+@scan_entry_point
+def bidirectional_scan(inputs: ScanInputs) -> Tensor:
     """silu(z) * (y_f + y_b) / 2 through ``vimamba::bidirectional_scan`` (native on CPU, Triton on CUDA)."""
-    inputs = (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
-    check_scan_inputs(*inputs)
+    check_scan_shapes(inputs)
     save_states = torch.is_grad_enabled() and any([t is not None and t.requires_grad for t in inputs])
     return scan_op(*inputs, save_states)[0]
 

@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .scan_inputs import ScanInputs, scan_entry_point
+
 __all__ = ["selective_scan_reference", "bidirectional_scan_reference"]
 
 
@@ -86,28 +88,14 @@ def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse) -> torch
     return y
 
 
-def bidirectional_scan_reference(
-    x_f: torch.Tensor,
-    x_b: torch.Tensor,
-    dt_f: torch.Tensor,
-    dt_b: torch.Tensor,
-    B_f: torch.Tensor,
-    B_b: torch.Tensor,
-    C_f: torch.Tensor,
-    C_b: torch.Tensor,
-    A_f: torch.Tensor,
-    A_b: torch.Tensor,
-    D_f: torch.Tensor,
-    D_b: torch.Tensor,
-    dt_bias_f: torch.Tensor,
-    dt_bias_b: torch.Tensor,
-    z: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+@scan_entry_point
+def bidirectional_scan_reference(inputs: ScanInputs) -> torch.Tensor:
     """Vim's bidirectional mixer core: silu(z) * (scan_forward + scan_backward) / 2, by two reference scans.
 
     Both directions use softplus(dt + dt_bias); the forward direction runs first-to-last on ``x_f``, the backward
     direction last-to-first on ``x_b``, each with its own B, C, A, D and dt bias.
     """
+    x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z = inputs
     y_f = _scan(x_f, dt_f, A_f, B_f, C_f, D_f, None, dt_bias_f, True, reverse=False)
     y_b = _scan(x_b, dt_b, A_b, B_b, C_b, D_b, None, dt_bias_b, True, reverse=True)
     y = (y_f + y_b) / 2

@@ -36,6 +36,7 @@ except ImportError:  # CPU-only torch wheels ship without Triton
 
 if triton is not None:
     from . import triton_scan_kernels as _kernels
+from .scan_inputs import ScanInputs, check_scan_shapes, scan_entry_point
 from .triton_scan_plan import (BackwardPlan, ForwardPlan, TritonScanConfig, _cdiv, backward_plan,  # noqa: F401
                                forward_plan)
 
@@ -87,12 +88,12 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b, z) -> None:
-    named = {"x_f": x_f, "x_b": x_b, "dt_f": dt_f, "dt_b": dt_b, "B_f": B_f, "B_b": B_b, "C_f": C_f, "C_b": C_b,
-             "A_f": A_f, "A_b": A_b, "D_f": D_f, "D_b": D_b, "dt_bias_f": bias_f, "dt_bias_b": bias_b}
-    if z is not None:
-        named["z"] = z
-    for name, t in named.items():
+def _check_inputs(inputs: ScanInputs) -> None:
+    """Every input a tensor the kernels read (z may be None), all on one device, with the scan's shapes."""
+    x_f = inputs.x_f
+    for name, t in inputs._asdict().items():
+        if name == "z" and t is None:
+            continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
         if t.dtype not in _SUPPORTED_DTYPES:
@@ -102,21 +103,8 @@ def _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, 
             )
         if t.device != x_f.device:
             raise ValueError(f"all inputs must be on one device: x_f is on {x_f.device}, {name} on {t.device}")
-    if x_f.dim() != 3:
-        raise ValueError(f"x_f must be (batch, L, E), got shape {tuple(x_f.shape)}")
-    batch, length, channels = x_f.shape
-    if A_f.dim() != 2 or A_f.shape[0] != channels:
-        raise ValueError(f"A_f must be (E, N) = ({channels}, N), got shape {tuple(A_f.shape)}")
-    n_state = A_f.shape[1]
-    expected = {"x_b": (batch, length, channels), "dt_f": (batch, length, channels),
-                "dt_b": (batch, length, channels), "z": (batch, length, channels),
-                "B_f": (batch, length, n_state), "B_b": (batch, length, n_state), "C_f": (batch, length, n_state),
-                "C_b": (batch, length, n_state), "A_b": (channels, n_state), "D_f": (channels,), "D_b": (channels,),
-                "dt_bias_f": (channels,), "dt_bias_b": (channels,)}
-    for name, shape in expected.items():
-        if name in named and tuple(named[name].shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} (from x_f {tuple(x_f.shape)} and A_f "
-                             f"{tuple(A_f.shape)}), got {tuple(named[name].shape)}")
+    check_scan_shapes(inputs)
+    batch = x_f.shape[0]
     if batch > _MAX_GRID_Y:
         raise ValueError(f"the Triton scan supports at most {_MAX_GRID_Y} sequences per call, got {batch}")
     if x_f.device.type != "cuda" and not INTERPRETED:
@@ -136,11 +124,18 @@ def _direction_args(x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor, C: torch
     return [x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1)]
 
 
+def _directions(inputs: Tuple[torch.Tensor, ...]) -> Tuple[Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]:
+    """The 14 prepared inputs (``_f``/``_b`` pairs) as each direction's (x, dt, B, C, A, D, dt_bias), the order in
+    which the kernels take them."""
+    return tuple(inputs[0::2]), tuple(inputs[1::2])
+
+
 def _forward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], save_states: bool,
              config: TritonScanConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Launch the forward pass (with a summary and a carry pass first when sequences are split into segments).
     Returns (out, checkpoint states or None)."""
     x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b = inputs
+    dir_f, dir_b = _directions(inputs)
     batch, length, channels = x_f.shape
     n_state = A_f.shape[1]
     device, f32 = x_f.device, torch.float32
@@ -162,10 +157,8 @@ def _forward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], save_s
 
     def launch(summary: bool) -> None:
         _kernels.bidirectional_scan_fwd_kernel[grid](
-            x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
-            x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
-            z_arg, out, states if states is not None else out, carry, end, dsum,
-            *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
+            *dir_f, *dir_b, z_arg, out, states if states is not None else out, carry, end, dsum,
+            *_direction_args(*dir_f[:4]), *_direction_args(*dir_b[:4]),
             z_arg.stride(0), z_arg.stride(1), out.stride(0), out.stride(1),
             length, channels, n_state, plan.n_chunks, plan.n_segments, plan.seg_len,
             HAS_Z=z is not None, SAVE_STATES=save_states and not summary, SEEDED=seeded and not summary,
@@ -190,6 +183,7 @@ def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], state
     """Launch the backward kernel. Returns the gradients of (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b,
     D_f, D_b, dt_bias_f, dt_bias_b, z)."""
     x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, bias_f, bias_b = inputs
+    dir_f, dir_b = _directions(inputs)
     batch, length, channels = x_f.shape
     n_state = A_f.shape[1]
     device, f32 = x_f.device, torch.float32
@@ -209,16 +203,13 @@ def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], state
                           dtype=f32, device=device)
     z_arg = z if z is not None else x_f  # never read without z
     dz_arg = dz if dz is not None else dx_f  # never written without z
+    grads_f = (dx_f, ddt_f, dB_f, dC_f, dA_f, dD_f, dbias_f)  # in the order of each direction's inputs
+    grads_b = (dx_b, ddt_b, dB_b, dC_b, dA_b, dD_b, dbias_b)
 
     with _on_device(device):
         _kernels.bidirectional_scan_bwd_kernel[(plan.groups, batch)](
-            x_f, dt_f, B_f, C_f, A_f, D_f, bias_f,
-            x_b, dt_b, B_b, C_b, A_b, D_b, bias_b,
-            z_arg, dout, states, scratch,
-            dx_f, ddt_f, dB_f, dC_f, dA_f, dD_f, dbias_f,
-            dx_b, ddt_b, dB_b, dC_b, dA_b, dD_b, dbias_b,
-            dz_arg,
-            *_direction_args(x_f, dt_f, B_f, C_f), *_direction_args(x_b, dt_b, B_b, C_b),
+            *dir_f, *dir_b, z_arg, dout, states, scratch, *grads_f, *grads_b, dz_arg,
+            *_direction_args(*dir_f[:4]), *_direction_args(*dir_b[:4]),
             z_arg.stride(0), z_arg.stride(1), dout.stride(0), dout.stride(1), dx_f.stride(0), dx_f.stride(1),
             dB_f.stride(0), dB_f.stride(1), dB_f.stride(2),
             length, channels, n_state, n_chunks, plan.blocks_per_group,
@@ -235,13 +226,14 @@ def _backward(inputs: Tuple[torch.Tensor, ...], z: Optional[torch.Tensor], state
             reduced(dbias_f, bias_f), reduced(dbias_b, bias_b), dz)
 
 
-def prepare_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b,
-                   z=None) -> Tuple[Tuple[torch.Tensor, ...], Optional[torch.Tensor]]:
+@scan_entry_point
+def prepare_inputs(inputs: ScanInputs) -> Tuple[Tuple[torch.Tensor, ...], Optional[torch.Tensor]]:
     """Check the inputs and bring them into the layout the kernels accept (unit last stride for the sequences,
     contiguous parameters; copies only where needed). Returns ``(inputs, z)`` for :func:`scan_forward`."""
-    _check_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z)
-    sequences = tuple(_unit_last_stride(t) for t in (x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b))
-    parameters = tuple(t.contiguous() for t in (A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b))
+    _check_inputs(inputs)
+    *tensors, z = inputs
+    sequences = tuple(_unit_last_stride(t) for t in tensors[:8])  # x, dt, B, C of both directions
+    parameters = tuple(t.contiguous() for t in tensors[8:])  # A, D, dt_bias of both directions
     return sequences + parameters, (_unit_last_stride(z) if z is not None else None)
 
 
@@ -288,23 +280,8 @@ class _BidirectionalScanFunction(torch.autograd.Function):
         return (dz, *grads)
 
 
-def bidirectional_scan_triton(
-    x_f: torch.Tensor,
-    x_b: torch.Tensor,
-    dt_f: torch.Tensor,
-    dt_b: torch.Tensor,
-    B_f: torch.Tensor,
-    B_b: torch.Tensor,
-    C_f: torch.Tensor,
-    C_b: torch.Tensor,
-    A_f: torch.Tensor,
-    A_b: torch.Tensor,
-    D_f: torch.Tensor,
-    D_b: torch.Tensor,
-    dt_bias_f: torch.Tensor,
-    dt_bias_b: torch.Tensor,
-    z: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+@scan_entry_point
+def bidirectional_scan_triton(inputs: ScanInputs) -> torch.Tensor:
     """silu(z) * (y_f + y_b) / 2 by the fused Triton kernels; differentiable in every input.
 
     Shapes (token-major): x_*, dt_*, z: (batch, L, E); B_*, C_*: (batch, L, N); A_*: (E, N); D_*, dt_bias_*: (E,).
@@ -313,8 +290,7 @@ def bidirectional_scan_triton(
     with h_prev the state of token t-1 (forward direction) or t+1 (backward direction). Without grad (no_grad,
     inference mode, or no input requiring grad) nothing is saved for a backward pass.
     """
-    inputs, z_ = prepare_inputs(x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f,
-                                dt_bias_b, z)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *(() if z_ is None else (z_,)))):
-        return _BidirectionalScanFunction.apply(z_, *inputs)
-    return scan_forward(inputs, z_, save_states=False)[0]
+    prepared, z = prepare_inputs(*inputs)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*prepared, *(() if z is None else (z,)))):
+        return _BidirectionalScanFunction.apply(z, *prepared)
+    return scan_forward(prepared, z, save_states=False)[0]

@@ -1,31 +1,25 @@
 """Classifiers for training and inference: vimamba's Vim models and timm models (DeiT) behind one factory.
 
-A *model spec* ``{"family": "vim"|"timm", "name": ..., "kwargs": {...}}`` says how to build a network; training
-checkpoints store it, so ``vimamba eval`` / ``predict`` rebuild exactly what was trained, DeiT included. Vim
-weights from anywhere else (official ``.pth`` files, ``vimamba convert`` / exported ``.safetensors``) are built
-from the architecture stored in or inferred from the file (:func:`vimamba.models.registry.load_model`).
+A *model spec* ``{"family": "vim"|"timm", "name": ..., "kwargs": {...}}`` says how to build a network; checkpoints
+store it (as their ``arch``), so ``vimamba eval`` / ``predict`` rebuild exactly what was trained, DeiT included.
+Every checkpoint is read by the one loader (:mod:`vimamba.checkpoints`): Vim weights from anywhere else (official
+``.pth`` files, ``vimamba convert`` / exported ``.safetensors``) are built from the architecture stored in or
+inferred from the file.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import torch
 import torch.nn as nn
 
-from ..checkpoints.format import is_current_format
+from ..checkpoints.loading import PREPROCESSING_KEY, RunCheckpoint, load_model, read_checkpoint
 from ..data.transforms import Preprocessing
-from ..models.checkpoint import CLASS_NAMES_KEY, PREPROCESSING_KEY, CheckpointError, read_checkpoint
-from ..models.registry import create_model, list_models, load_model, model_config, resolve_name
+from ..models.registry import create_model, list_models, model_config, resolve_name
 
-__all__ = ["create_classifier", "build_from_spec", "LoadedClassifier", "load_classifier", "count_parameters",
-           "describe_model",
-           "is_vim_model", "MODEL_SPEC_KEY", "PREPROCESSING_KEY"]
+__all__ = ["create_classifier", "LoadedClassifier", "load_classifier", "classifier_from_checkpoint",
+           "count_parameters", "describe_model", "is_vim_model", "MODEL_SPEC_KEY", "PREPROCESSING_KEY"]
 
 MODEL_SPEC_KEY = "model_spec"  # training checkpoints: how to rebuild the network (Vim or timm)
 PathLike = Union[str, os.PathLike]
@@ -119,17 +113,6 @@ def create_classifier(name: str, **sizes: Any) -> Tuple[nn.Module, Dict[str, Any
     return model, {"family": "timm", "name": name, "kwargs": kwargs}
 
 
-def build_from_spec(spec: Dict[str, Any]) -> nn.Module:
-    """Rebuild the network a model spec describes (random weights)."""
-    if spec.get("family") == "vim":
-        return create_model(spec["name"], **spec.get("kwargs", {}))
-    if spec.get("family") == "timm":
-        import timm
-
-        return timm.create_model(spec["name"], pretrained=False, **spec.get("kwargs", {}))
-    raise CheckpointError(f"unknown model spec {spec!r}")
-
-
 @dataclass
 class LoadedClassifier:
     """A model ready for inference, with how to prepare its inputs and what its outputs mean."""
@@ -153,46 +136,17 @@ def _default_preprocessing(model: nn.Module) -> Preprocessing:
     return pre
 
 
-def _peek_training_checkpoint(path: Path) -> Optional[Dict[str, Any]]:
-    """The dict of a vimamba training checkpoint holding a model spec (None for any other file)."""
-    if path.suffix == ".safetensors":
-        return None
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
-        return None  # read_checkpoint will explain
-    if is_current_format(obj) and obj.get("task") == "classification":  # bridge until the one loader reads it
-        arch = obj["arch"]
-        return {MODEL_SPEC_KEY: {"family": arch["family"], "name": arch["name"], "kwargs": arch.get("overrides", {})},
-                "model": obj["model"], "model_ema": obj.get("model_ema"),
-                CLASS_NAMES_KEY: obj.get("class_names") or None, PREPROCESSING_KEY: obj.get("preprocessing")}
-    return obj if isinstance(obj, dict) and MODEL_SPEC_KEY in obj else None
+def classifier_from_checkpoint(ckpt: RunCheckpoint, *, weights: str = "auto") -> LoadedClassifier:
+    """The classifier of a checkpoint the loader read (a checkpoint of another task: one clear error)."""
+    model = load_model(ckpt, weights=weights, task="classification")
+    pre = ckpt.preprocessing
+    _, key = ckpt.select(weights)
+    return LoadedClassifier(model=model, preprocessing=Preprocessing.from_dict(pre) if pre else
+                            _default_preprocessing(model), class_names=ckpt.class_names or None,
+                            description=ckpt.describe(key))
 
 
 def load_classifier(path: PathLike, *, weights: str = "auto", trust_pickle: bool = False) -> LoadedClassifier:
     """Load any classifier checkpoint vimamba knows: training checkpoints (Vim or timm), exported weights, official
     Vim ``.pth`` files. ``weights``: "auto"/"model" (trained weights) or "ema"."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
-    ckpt = _peek_training_checkpoint(path)
-    if ckpt is not None:
-        key = "model_ema" if weights == "ema" else "model"
-        if ckpt.get(key) is None:
-            raise CheckpointError(f"'{path}' has no {'EMA ' if key == 'model_ema' else ''}weights ('{key}')")
-        model = build_from_spec(ckpt[MODEL_SPEC_KEY])
-        try:
-            model.load_state_dict(ckpt[key])
-        except RuntimeError as e:
-            raise CheckpointError(f"the weights in '{path}' do not fit the model it describes: {e}") from e
-        pre = ckpt.get(PREPROCESSING_KEY)
-        return LoadedClassifier(
-            model=model, preprocessing=Preprocessing.from_dict(pre) if pre else _default_preprocessing(model),
-            class_names=ckpt.get(CLASS_NAMES_KEY), description=f"'{path}' ({ckpt[MODEL_SPEC_KEY]['name']}, {key})")
-    checkpoint = read_checkpoint(path, weights=weights, trust_pickle=trust_pickle)
-    model = load_model(checkpoint)
-    pre = checkpoint.preprocessing
-    return LoadedClassifier(model=model, preprocessing=Preprocessing.from_dict(pre) if pre else
-                            _default_preprocessing(model), class_names=checkpoint.class_names,
-                            description=checkpoint.describe())
+    return classifier_from_checkpoint(read_checkpoint(path, trust_pickle=trust_pickle), weights=weights)
