@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List
 
 from ..cli_args import image_size, non_negative_int, positive_int, probability
+from ..errors import InputError
 from .training import DETECTION_DEFAULTS, SEGMENTATION_DEFAULTS, DetectionConfig, SegmentationConfig
 
 __all__ = ["register"]
@@ -289,7 +290,7 @@ def _detect_eval(args) -> int:
         if is_main_process():
             print(dataset.report.summary())
         if info.class_names and dataset.class_names != info.class_names:
-            raise ValueError(f"the dataset's categories {dataset.class_names} are not the ones the model was trained "
+            raise InputError(f"the dataset's categories {dataset.class_names} are not the ones the model was trained "
                              f"on {info.class_names}")
         if count_ground_truth(dataset.coco, dataset.image_ids) == 0:
             raise UserError(f"AP is undefined without ground truth: '{args.annotations}' holds no (non-crowd) "

@@ -29,7 +29,7 @@ from ..engine.config import ConfigMixin
 from ..engine.config import option as _f
 from ..engine.distributed import print_once
 from ..engine.task import StepOutput, Task
-from ..errors import UserError
+from ..errors import InputError, UserError
 from .backbone import BackboneConfig
 from .checkpoint import build_dense_model
 from .detector import DetectorConfig
@@ -136,7 +136,7 @@ def parse_overrides(pairs: Optional[Sequence[str]]) -> Dict[str, object]:
     out: Dict[str, object] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"expected key=value settings (e.g. embed_dim=192), got {pair!r}")
+            raise InputError(f"expected key=value settings (e.g. embed_dim=192), got {pair!r}")
         key, value = pair.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)
@@ -255,10 +255,10 @@ def _segmentation_classes(cfg: SegmentationConfig) -> Tuple[List[str], bool]:
     if cfg.class_names:
         names = [line.strip() for line in Path(cfg.class_names).read_text().splitlines() if line.strip()]
         if cfg.num_classes is not None and cfg.num_classes != len(names):
-            raise ValueError(f"--num-classes {cfg.num_classes} but {cfg.class_names} names {len(names)} classes")
+            raise InputError(f"--num-classes {cfg.num_classes} but {cfg.class_names} names {len(names)} classes")
         return names, cfg.reduce_zero_label
     if cfg.num_classes is None:
-        raise ValueError("a custom dataset needs --num-classes or --class-names")
+        raise InputError("a custom dataset needs --num-classes or --class-names")
     return [f"class_{c}" for c in range(cfg.num_classes)], cfg.reduce_zero_label
 
 
@@ -308,7 +308,7 @@ def detection_task(cfg: DetectionConfig) -> DetectionTask:
                                  on_invalid=on_invalid)
         print_once(f"validation data: {eval_set.report.summary()}")
         if eval_set.category_ids != train_set.category_ids:
-            raise ValueError(f"the validation categories {eval_set.category_ids} differ from the training ones "
+            raise InputError(f"the validation categories {eval_set.category_ids} differ from the training ones "
                              f"{train_set.category_ids}")
     return DetectionTask(config, train_set, eval_set=eval_set, class_names=train_set.class_names,
                          data_config={"category_ids": train_set.category_ids}, pretrained=cfg.pretrained,

@@ -15,6 +15,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
+
 __all__ = ["COMPILE_CHOICES", "should_compile", "CompiledWithFallback", "maybe_compile"]
 
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -23,7 +25,7 @@ COMPILE_CHOICES = ("auto", "on", "off")
 def should_compile(choice: str, device: torch.device) -> bool:
     """Whether ``--compile choice`` compiles on ``device`` (``auto``: on CUDA only)."""
     if choice not in COMPILE_CHOICES:
-        raise ValueError(f"--compile must be one of {COMPILE_CHOICES}, got {choice!r}")
+        raise InputError(f"--compile must be one of {COMPILE_CHOICES}, got {choice!r}")
     return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 

@@ -18,8 +18,9 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 
-from ..cli_args import non_negative_float, non_negative_int, positive_float, positive_int, probability, \
-    unit_interval_open
+from ..cli_args import (non_negative_float, non_negative_int, positive_float, positive_int, probability,
+                        unit_interval_open)
+from ..errors import InputError
 
 __all__ = ["EngineConfig", "option", "ConfigMixin", "add_config_flags", "explicit_values", "build_configs",
            "field_defaults", "PRECISION_CHOICES", "SCHEDULES"]
@@ -129,9 +130,9 @@ class EngineConfig(ConfigMixin):
     def check(self) -> None:
         """Relations between fields that no single flag's check covers (raises ValueError)."""
         if self.resume is None and self.output is None:
-            raise ValueError("pass --output DIR: the folder for the run's checkpoints and logs")
+            raise InputError("pass --output DIR: the folder for the run's checkpoints and logs")
         if self.steps is None and self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+            raise InputError(f"--epochs must be >= 1, got {self.epochs}")
 
 
 # ---------------------------------------------------------------------------------------------------- flags
@@ -239,7 +240,7 @@ def build_configs(values: Mapping[str, Any], classes: Sequence[Type], *, unknown
     owned = {f.name for cls in classes for f in fields(cls)}
     stray = sorted(set(values) - owned)
     if stray and unknown == "error":
-        raise ValueError(f"unknown training options {stray}")
+        raise InputError(f"unknown training options {stray}")
     out = []
     for cls in classes:
         kwargs = {}
@@ -263,4 +264,4 @@ def _check_value(f, value: Any) -> None:
         try:
             check(item)
         except argparse.ArgumentTypeError as e:
-            raise ValueError(f"{flag_of(f)} {e}") from None
+            raise InputError(f"{flag_of(f)} {e}") from None

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..errors import InputError
+
 __all__ = [
     "DistInfo", "init_distributed", "cleanup_distributed", "resolve_device", "is_distributed", "get_rank",
     "get_world_size", "is_main_process", "print_once", "barrier", "all_reduce_sums", "all_reduce_max",
@@ -67,12 +69,12 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     try:
         resolved = torch.device(name)
     except RuntimeError as e:
-        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from e
+        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from e
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+            raise InputError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU; use --device cpu")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {resolved} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+            raise InputError(f"device {resolved} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
     return resolved
 
 

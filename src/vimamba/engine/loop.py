@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoints.format import make_checkpoint
 from ..data.workers import DataLoadingError, describe_failure, worker_deaths_deferred, worker_failure_in
+from ..errors import InputError
 from .checkpointing import (CheckpointManager, GracefulInterrupt, TrainingCheckpointError,
                             leave_signals_to_main_process, load_training_checkpoint, prepare_output_dir,
                             restore_training_state)
@@ -116,7 +117,7 @@ class _Run:
             self._check_same_model()
         if cfg.grad_checkpointing:
             if not hasattr(model, "set_grad_checkpointing"):
-                raise ValueError(f"{type(model).__name__} does not support --grad-checkpointing")
+                raise InputError(f"{type(model).__name__} does not support --grad-checkpointing")
             model.set_grad_checkpointing(True)
         if self.dist.distributed and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # a no-op without BatchNorm
@@ -157,7 +158,7 @@ class _Run:
                                  drop_last=True, generator=torch.Generator(), **common)
         self.steps_per_epoch = len(self.loader) // cfg.accum_steps
         if self.steps_per_epoch < 1:
-            raise ValueError(f"the training set ({len(train_set)} samples) gives {len(self.loader)} batches of "
+            raise InputError(f"the training set ({len(train_set)} samples) gives {len(self.loader)} batches of "
                              f"{cfg.batch_size} per process x {dist.world_size} process(es): fewer than one optimizer "
                              f"step of {cfg.accum_steps} batches; lower --batch-size")
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.steps_per_epoch

@@ -24,6 +24,7 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
+from ..errors import InputError, UserError
 from .distributed import all_reduce_max
 
 __all__ = ["PRECISION_MODES", "MixedPrecision", "StepOutcome", "NonFiniteLossError"]
@@ -31,8 +32,8 @@ __all__ = ["PRECISION_MODES", "MixedPrecision", "StepOutcome", "NonFiniteLossErr
 PRECISION_MODES = ("off", "bf16", "fp16")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many optimizer steps in a row had a NaN/inf loss or gradient."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many optimizer steps in a row had a NaN/inf loss or gradient (the message says what to try)."""
 
 
 @dataclass
@@ -62,12 +63,12 @@ class MixedPrecision:
     def __init__(self, mode: str = "off", device: torch.device = torch.device("cpu"), max_bad_steps: int = 20):
         mode = (mode or "off").lower()
         if mode not in PRECISION_MODES:
-            raise ValueError(f"precision must be one of {PRECISION_MODES}, got {mode!r}")
+            raise InputError(f"precision must be one of {PRECISION_MODES}, got {mode!r}")
         if max_bad_steps < 1:
-            raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
+            raise InputError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
         device = torch.device(device)
         if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError("this GPU does not support bfloat16; use --amp fp16 or --amp off")
+            raise InputError("this GPU does not support bfloat16; use --amp fp16 or --amp off")
         self.mode = mode
         self.device = device
         self.max_bad_steps = max_bad_steps

@@ -26,6 +26,7 @@ from ..engine.loop import RunResult, run
 from ..engine.precision import MixedPrecision
 from ..engine.reporting import progress
 from ..engine.task import StepOutput, Task
+from ..errors import InputError
 from .config import ClassificationConfig, TrainConfig
 from .models import count_parameters, create_classifier, describe_model
 
@@ -114,14 +115,14 @@ class ClassificationTask(Task):
             from ..pretrain.transfer import init_classifier_from_pretraining
 
             if self.model_spec["family"] != "vim":
-                raise ValueError("--init starts a Vim classifier; choose a Vim --model")
+                raise InputError("--init starts a Vim classifier; choose a Vim --model")
             report = init_classifier_from_pretraining(model, pretraining)
             print_once(f"initialised from {cfg.init}: {report.summary()}")
         if cfg.finetune and not self.engine_cfg.resume:
             from ..models.checkpoint import load_checkpoint
 
             if self.model_spec["family"] != "vim":
-                raise ValueError("--finetune loads Vim checkpoints; for timm models use timm's pretrained weights")
+                raise InputError("--finetune loads Vim checkpoints; for timm models use timm's pretrained weights")
             report = load_checkpoint(model, cfg.finetune, ignore_head=True)
             print_once(f"fine-tuning from {cfg.finetune}" + "".join(f"; resized {r}" for r in report.resized)
                        + (f"; new head ({', '.join(report.skipped)})" if report.skipped else ""))

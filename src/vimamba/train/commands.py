@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..cli_args import image_size, non_negative_int, positive_int, unit_interval_open
 from ..engine.config import EngineConfig, add_config_flags, show_value
+from ..errors import InputError
 from .config import ENGINE_DEFAULTS, RECIPE_NOTES, RECIPES, ClassificationConfig
 
 _GROUP_TITLES = {"data": "data", "model": "model", "augmentation": "augmentation and regularisation"}
@@ -109,7 +110,7 @@ def _train(args) -> int:
     if explicit.get("resume"):
         saved = load_training_checkpoint(explicit["resume"]).get("config")
         if not saved or saved.get("recipe") is None:
-            raise ValueError(f"'{explicit['resume']}' holds no classification training configuration to resume")
+            raise InputError(f"'{explicit['resume']}' holds no classification training configuration to resume")
         changed = sorted(k for k in explicit if k != "resume" and saved.get(k) != explicit[k])
         if changed:
             print(f"resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
@@ -150,7 +151,7 @@ def _load_onnx_for_inference(args):
     from ..engine.distributed import init_distributed
 
     if args.weights != "auto" or args.trust_checkpoint:
-        raise ValueError("--weights and --trust-checkpoint apply to --checkpoint, not to --onnx")
+        raise InputError("--weights and --trust-checkpoint apply to --checkpoint, not to --onnx")
     loaded = load_onnx_classifier(args.onnx)
     pre = loaded.preprocessing.with_size(args.img_size)
     if args.crop_pct is not None:
@@ -166,7 +167,7 @@ def _eval(args) -> int:
     from .inference import evaluate_classifier
 
     if args.data is None and args.dataset is None:
-        raise ValueError("pass --data DIR (an image folder) or --dataset NAME")
+        raise InputError("pass --data DIR (an image folder) or --dataset NAME")
     dist_info, loaded, pre = _load_for_inference(args)
     try:
         metrics = evaluate_classifier(loaded, dataset=args.dataset, data=args.data, preprocessing=pre,
@@ -190,7 +191,7 @@ def _predict(args) -> int:
     from .inference import predict_images
 
     if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+        raise InputError(f"--top-k must be >= 1, got {args.top_k}")
     if args.onnx:
         dist_info, loaded, pre = _load_onnx_for_inference(args)
     else:

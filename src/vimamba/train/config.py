@@ -20,6 +20,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 from ..cli_args import image_size, non_negative_float, positive_float, positive_int, probability, unit_interval_open
 from ..engine.config import ConfigMixin, EngineConfig, build_configs, field_defaults
 from ..engine.config import option as _f
+from ..errors import InputError
 
 __all__ = ["ClassificationConfig", "TrainConfig", "RECIPES", "RECIPE_NOTES", "ENGINE_DEFAULTS", "pick_recipe",
            "resolve_config", "ARCH_FIELDS"]
@@ -169,11 +170,11 @@ def resolve_config(explicit: Dict[str, Any], saved: Optional[Dict[str, Any]] = N
     known = {f.name for cls in classes for f in fields(cls)}
     unknown = sorted(set(explicit) - known)
     if unknown:
-        raise ValueError(f"unknown training options {unknown}")
+        raise InputError(f"unknown training options {unknown}")
     if saved is not None:
         changed = [k for k in ARCH_FIELDS if k in explicit and explicit[k] != saved.get(k)]
         if changed:
-            raise ValueError(f"a resumed run keeps its architecture; {', '.join('--' + k.replace('_', '-') for k in changed)}"
+            raise InputError(f"a resumed run keeps its architecture; {', '.join('--' + k.replace('_', '-') for k in changed)}"
                              " differ from the checkpoint's. Start a new run from its weights with --finetune instead")
         base = {k: v for k, v in saved.items() if k in known}
         return _make({**base, **explicit})
@@ -183,7 +184,7 @@ def resolve_config(explicit: Dict[str, Any], saved: Optional[Dict[str, Any]] = N
         recipe = pick_recipe(explicit.get("model", "" if demo else ClassificationConfig.model), finetune=bool(
             explicit.get("finetune") or explicit.get("init")), demo=demo, stride=explicit.get("stride"))
     if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)} or auto")
+        raise InputError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)} or auto")
     values = {**field_defaults(*classes), **ENGINE_DEFAULTS, **RECIPES[recipe], **explicit, "recipe": recipe}
     return _make(values)
 
@@ -217,5 +218,5 @@ def _validate(cfg: TrainConfig) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise InputError(message)
     run.check()

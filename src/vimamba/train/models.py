@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..checkpoints.loading import PREPROCESSING_KEY, RunCheckpoint, load_model, read_checkpoint
 from ..data.transforms import Preprocessing
+from ..errors import InputError
 from ..models.registry import create_model, list_models, model_config, resolve_name
 
 __all__ = ["create_classifier", "LoadedClassifier", "load_classifier", "classifier_from_checkpoint",
@@ -81,7 +82,7 @@ def create_classifier(name: str, **sizes: Any) -> Tuple[nn.Module, Dict[str, Any
     sizes = {k: v for k, v in sizes.items() if v is not None}
     if is_vim_model(name):
         if "num_heads" in sizes:
-            raise ValueError(f"{name} is a Vision Mamba: it has no attention heads (--num-heads)")
+            raise InputError(f"{name} is a Vision Mamba: it has no attention heads (--num-heads)")
         canonical = resolve_name(name)
         if "patch_size" in sizes and "stride" not in sizes:
             # keep the model's overlap: non-overlapping patches stay non-overlapping (stride = patch)
@@ -98,18 +99,18 @@ def create_classifier(name: str, **sizes: Any) -> Tuple[nn.Module, Dict[str, Any
 
     if not timm.is_model(name):
         close = list_models(f"*{name.split('_')[0]}*")[:5] or timm.list_models(f"*{name.split('_')[0]}*")[:5]
-        raise ValueError(f"unknown model {name!r}: neither a vimamba model (`vimamba models`) nor a timm model"
+        raise InputError(f"unknown model {name!r}: neither a vimamba model (`vimamba models`) nor a timm model"
                          + (f"; similar: {close}" if close else ""))
     stride = sizes.pop("stride", None)
     if stride is not None and stride != sizes.get("patch_size", stride):
-        raise ValueError(f"--stride applies to Vim models only ({name} uses non-overlapping patches)")
+        raise InputError(f"--stride applies to Vim models only ({name} uses non-overlapping patches)")
     if "d_state" in sizes:
-        raise ValueError(f"--d-state applies to Vim models only, not {name}")
+        raise InputError(f"--d-state applies to Vim models only, not {name}")
     kwargs = {_TIMM_KWARGS[k]: v for k, v in sizes.items()}
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as e:
-        raise ValueError(f"timm model {name} does not take these options {sorted(kwargs)}: {e}") from e
+        raise InputError(f"timm model {name} does not take these options {sorted(kwargs)}: {e}") from e
     return model, {"family": "timm", "name": name, "kwargs": kwargs}
 
 
