@@ -14,8 +14,8 @@ from PIL import Image
 from vimamba.cli import main as cli_main
 from vimamba.models import CheckpointError, VimConfig, VisionMamba, save_weights
 from vimamba.ops import selective_scan_reference
-from vimamba.pretrain import (AR_BACKWARD_CLONE_MAP, ARObjective, ForwardOnlyVim, MAEObjective, config_for,
-                              effective_lr, init_classifier_from_pretraining, knn_predict,
+from vimamba.pretrain import (AR_BACKWARD_CLONE_MAP, ARObjective, ForwardOnlyVim, MAEObjective,
+                              init_classifier_from_pretraining, knn_predict,
                               save_pretraining_checkpoint, save_reconstruction_grid)
 from vimamba.pretrain.causal import ForwardOnlyMixer
 from vimamba.pretrain.probe import train_linear_probe
@@ -267,16 +267,6 @@ def test_a_labelled_checkpoint_is_not_a_pretraining_checkpoint(tmp_path, seed):
     torch.save(classifier.state_dict(), tmp_path / "bare.pth")
     with pytest.raises(CheckpointError, match="classifier head"):
         init_classifier_from_pretraining(VisionMamba(encoder_cfg(num_classes=3)), tmp_path / "bare.pth")
-
-
-def test_pretraining_configs_carry_the_mae_recipe():
-    ar, mae = config_for("ar"), config_for("mae", batch_size=512)
-    assert (mae.opt_betas, mae.weight_decay, mae.blr, mae.scale, mae.mask_ratio) == ((0.9, 0.95), 0.05, 1.5e-4,
-                                                                                    (0.2, 1.0), 0.75)
-    assert ar.cluster_size == 4 and ar.clip_grad == 3.0
-    assert effective_lr(mae, global_batch=512) == pytest.approx(3e-4)
-    with pytest.raises(ValueError, match="mask_ratio"):
-        config_for("ar", mask_ratio=0.5)
 
 
 # ---------------------------------------------------------------------------------------------------- probes
