@@ -94,7 +94,7 @@ class ARConfig(PretrainConfig):
     """Autoregressive next-cluster prediction (ARM)."""
 
     cluster_size: int = option(4, "clusters of k x k patches (ARM: 4, i.e. 64x64 px at patch 16; the image's patch "
-                               "grid must be a multiple of k)", "objective", metavar="K", check=positive_int)
+                               "grid must be a multiple of k)", "ar", metavar="K", check=positive_int)
     decoder_heads: int = option(8, "decoder attention heads (MAE: 16, ARM: 8)", "objective", check=positive_int)
 
     objective: ClassVar[str] = "ar"
@@ -109,7 +109,7 @@ class ARConfig(PretrainConfig):
 class MAEConfig(PretrainConfig):
     """Masked autoencoding with the kept patches in raster order."""
 
-    mask_ratio: float = option(0.75, "fraction of patches dropped at random per image (MAE: 0.75)", "objective",
+    mask_ratio: float = option(0.75, "fraction of patches dropped at random per image (MAE: 0.75)", "mae",
                                check=probability)
     decoder_depth: int = option(8, "decoder blocks (ARM: 4, MAE: 8)", "objective", check=positive_int)
 
