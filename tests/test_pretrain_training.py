@@ -1,18 +1,30 @@
 """``vimamba pretrain``: the pretraining task of the engine, its command, its checkpoints and their transfer."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vimamba.checkpoints import make_checkpoint
+import vimamba
+from vimamba.checkpoints import load_checkpoint_file, make_checkpoint
+from vimamba.cli import main as cli_main
 from vimamba.data.images import DataError
 from vimamba.models import CheckpointError, VisionMamba
 from vimamba.models.variants import model_config
 from vimamba.pretrain import AR_BACKWARD_CLONE_MAP, build_objective, config_for, init_classifier_from_pretraining
 from vimamba.pretrain.data import resolve_unlabelled
-from vimamba.pretrain.transfer import read_pretraining_checkpoint
+from vimamba.pretrain.transfer import classifier_from_pretraining, read_pretraining_checkpoint
+
+SRC = str(Path(vimamba.__file__).resolve().parents[1])
 
 TINY = dict(model="vim_tiny_patch16_224", embed_dim=16, depth=2, d_state=4, patch_size=4, img_size=16,
             decoder_dim=16, decoder_depth=1, decoder_heads=2)
@@ -166,3 +178,107 @@ def test_the_pretraining_defaults_are_mae_recipe_and_every_value_can_be_changed(
         pretrain_configs("ar", {"mask_ratio": 0.5})
     with pytest.raises(ValueError, match="--mask-ratio"):
         pretrain_configs("mae", {"mask_ratio": 1.5})
+
+
+
+# ---------------------------------------------------------------------------------------------------- the command
+PRETRAIN = ["--img-size", "16", "--patch-size", "4", "--embed-dim", "16", "--depth", "2", "--d-state", "4",
+            "--decoder-dim", "16", "--decoder-depth", "1", "--decoder-heads", "2", "--batch-size", "4",
+            "--workers", "0", "--heldout-images", "4", "--vis-images", "2", "--device", "cpu", "--warmup-epochs", "0"]
+OBJECTIVE_FLAGS = {"ar": ["--objective", "ar", "--cluster-size", "2"], "mae": ["--objective", "mae"]}
+
+
+@pytest.mark.parametrize("objective", ["ar", "mae"])
+def test_pretrain_command_writes_a_run_that_initialises_a_classifier(tmp_path, objective):
+    data, out = write_nested_folder(tmp_path / "data", count=24), tmp_path / "run"
+    assert cli_main(["pretrain", "--data", str(data), *OBJECTIVE_FLAGS[objective], *PRETRAIN, "--epochs", "2",
+                     "--output", str(out)]) == 0
+    # 24 images: 2 held out (10%), 22 trained on -> 5 steps of 4 per epoch; an evaluation after each epoch
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [5, 10]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    for step in (5, 10):
+        with Image.open(out / "reconstructions" / f"step_{step:06d}.png") as picture:
+            assert picture.size[0] == 3 * 96 + 16
+    saved = load_checkpoint_file(out / "last.pth")
+    assert (saved["format_version"], saved["task"], saved["step"], saved["class_names"]) == (2, "pretraining", 10, [])
+    assert saved["config"]["objective"] == objective and saved["task_config"]["objective"] == objective
+    assert (out / "best.pth").is_file()
+
+    # vimamba train --init: a bidirectional classifier with only the expected new keys
+    model, report = classifier_from_pretraining(out / "last.pth", num_classes=3)
+    expected_new = {"ar": ["cls_token", "head.weight", "head.bias", "pos_embed class slot"],
+                    "mae": ["head.weight", "head.bias"]}[objective]
+    assert report.new == expected_new
+    state = model.state_dict()
+    encoder = {k[len("encoder."):]: v for k, v in saved["model"].items() if k.startswith("encoder.")}
+    for i in range(2):
+        for forward, backward in AR_BACKWARD_CLONE_MAP:
+            fwd, bwd = f"layers.{i}.mixer.{forward}", f"layers.{i}.mixer.{backward}"
+            assert torch.equal(state[fwd], encoder[fwd])
+            if objective == "ar":  # the backward branch starts as a clone of the pretrained forward branch
+                assert torch.equal(state[bwd], state[fwd])
+            else:
+                assert torch.equal(state[bwd], encoder[bwd])
+
+
+def test_pretrain_command_bad_input_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty" / "nested").mkdir(parents=True)
+    write_nested_folder(tmp_path / "data", count=12)
+    cases = [(["--data", str(tmp_path / "empty"), "--objective", "mae"], "no images under"),
+             (["--data", str(tmp_path / "data"), "--objective", "ar", "--cluster-size", "3"], "whole number of 3x3"),
+             (["--data", str(tmp_path / "data"), "--mask-ratio", "0.5", "--objective", "ar"], "--mask-ratio does not "
+              "apply"),
+             (["--data", str(tmp_path / "data")], "pass --objective ar")]
+    for i, (flags, message) in enumerate(cases):
+        assert cli_main(["pretrain", *flags, *PRETRAIN, "--output", str(tmp_path / f"run{i}")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("vimamba pretrain: error:") and message in err and "\n" not in err, err
+        assert not (tmp_path / f"run{i}").exists()  # refused before anything is written
+
+
+def vimamba_pretrain(*args: str, limit: int = 120) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    cmd = ["timeout", "-s", "KILL", str(limit), sys.executable, "-m", "vimamba.cli", "pretrain", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 150):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, out, err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_pretraining_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    """MAE: random masks and random crops every step, so the RNG state must come back exactly."""
+    data = write_nested_folder(tmp_path / "data", count=24)
+    flags = ["--data", str(data), *OBJECTIVE_FLAGS["mae"], *PRETRAIN, "--steps", "16", "--save-interval", "1",
+             "--eval-interval", "8"]
+    code, _, err = finish(vimamba_pretrain(*flags, "--output", str(tmp_path / "whole")))
+    assert code == 0, err
+
+    killed = tmp_path / "killed"
+    proc = vimamba_pretrain(*flags, "--output", str(killed))
+    deadline = time.monotonic() + 120
+    try:
+        while not (killed / "last.pth").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # no chance to save anything: only what was written survives
+    finally:
+        finish(proc, timeout=30)
+    step = load_checkpoint_file(killed / "last.pth")["step"]
+    assert 1 <= step < 16
+
+    code, _, err = finish(vimamba_pretrain("--resume", str(killed / "last.pth")))
+    assert code == 0, err
+    whole, resumed = (load_checkpoint_file(path / "last.pth") for path in (tmp_path / "whole", killed))
+    assert resumed["step"] == whole["step"] == 16
+    assert whole["model"].keys() == resumed["model"].keys()
+    for key, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key

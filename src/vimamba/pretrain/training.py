@@ -97,9 +97,8 @@ class PretrainTask(Task):
     # --- one step and one evaluation ------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Any) -> StepOutput:
         images = batch[0]
-        if images.numel() == 0:  # every image of the batch was unreadable: a zero loss that touches every weight
-            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            return StepOutput(zero, 0)
+        if images.numel() == 0:  # every image of the batch was unreadable: the engine passes over the batch
+            return StepOutput(images.new_zeros(()), 0)
         loss, _ = model(images)
         return StepOutput(loss, images.shape[0])
 
@@ -169,5 +168,5 @@ class PretrainTask(Task):
         objective = unwrap_model(model)
         decoder = sum(p.numel() for n, p in objective.named_parameters() if not n.startswith("encoder."))
         return (f"{self.cfg.objective} pretraining of {describe_model(objective.encoder, self.arch_name)} "
-                f"[from {self.arch_name}] with a {decoder / 1e6:.2f}M-parameter decoder, on {self.source.description}"
+                f"[from {self.arch_name}] with a decoder of {decoder:,} parameters, on {self.source.description}"
                 f" ({self.source.num_heldout:,} held out)")
