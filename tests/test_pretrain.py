@@ -341,21 +341,22 @@ def test_reconstruction_grid_is_written(tmp_path, seed):
 
 
 def test_unlabelled_images_at_any_depth_and_unreadable_ones_skipped(tmp_path):
-    from vimamba.pretrain.data import open_unlabelled
+    from vimamba.pretrain.data import resolve_unlabelled
 
     for i, sub in enumerate(["a", "a/b", "c/d/e", ".hidden"]):
         (tmp_path / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((5, 7, 3), 30 * i, np.uint8)).save(tmp_path / sub / f"{i}.png")
     (tmp_path / "a" / "broken.jpg").write_bytes(b"not an image")
     (tmp_path / "notes.txt").write_text("ignored")
-    ds = open_unlabelled(None, tmp_path, in_chans=1)
+    ds = resolve_unlabelled(None, tmp_path, heldout_images=0).train(None, in_chans=1)
     assert len(ds) == 4  # three images + the broken one; not the hidden folder or the text file
     items = [ds[i] for i in range(len(ds))]
     assert sum(item is None for item in items) == 1
     assert all(item[1] == 0 and item[0].mode == "L" for item in items if item is not None)
     (tmp_path / "train" / "x").mkdir(parents=True)
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "train" / "x" / "only.png")
-    assert len(open_unlabelled(None, tmp_path)) == 1  # an ImageNet-layout folder: its train split
+    # an ImageNet-layout folder: its train split
+    assert len(resolve_unlabelled(None, tmp_path, heldout_images=0).train(None, in_chans=3)) == 1
 
 
 def test_ssl_finetune_recipe_decays_the_learning_rate_by_layer():

@@ -23,7 +23,7 @@ from ..data.datasets import DatasetSpec, find_split_dir, open_split, resolve_dat
 from ..data.images import IMG_EXTENSIONS, DataError, load_image
 from ..data.transforms import Preprocessing
 
-__all__ = ["UnlabelledImageFolder", "UnlabelledSource", "open_unlabelled", "resolve_unlabelled", "list_images",
+__all__ = ["UnlabelledImageFolder", "UnlabelledSource", "resolve_unlabelled", "list_images",
            "HELDOUT_FRACTION_LIMIT"]
 
 # at most this fraction of a folder without a validation split is set aside as held-out images
@@ -72,19 +72,6 @@ class UnlabelledImageFolder(Dataset):
                 print(f"warning: skipping unreadable image '{path}': {e}", file=sys.stderr, flush=True)
             return None
         return (self.transform(img) if self.transform is not None else img), 0
-
-
-def open_unlabelled(dataset: Optional[str], data: Optional[PathLike], transform: Optional[Callable] = None, *,
-                    in_chans: int = 3, strict: bool = False) -> Dataset:
-    """The pretraining images: a named dataset's training split, DIR/train when DIR has one, else all of DIR."""
-    mode = "L" if in_chans == 1 else "RGB"
-    if dataset is not None:
-        spec = resolve_dataset(dataset, data)
-        return open_split(spec, "train", transform, in_chans=in_chans, strict=strict)
-    if data is None:
-        raise ValueError("pass --data DIR (any folder of images) or --dataset NAME")
-    train_dir = find_split_dir(data, "train")
-    return UnlabelledImageFolder(train_dir if train_dir is not None else data, transform, mode=mode, strict=strict)
 
 
 def _seeded_sample(count: int, size: int, seed: int) -> List[int]:

@@ -72,7 +72,7 @@ class PretrainTask(Task):
         self.arch_name = resolve_name(cfg.model)  # unknown names: a clear error naming the registered ones
         # the data first: a missing or empty folder is refused before any model is built
         self.source: UnlabelledSource = resolve_unlabelled(cfg.dataset, cfg.data, heldout_images=cfg.heldout_images,
-                                                           seed=seed)
+                                                           seed=seed, strict=cfg.strict_data)
         self.preprocessing = self.source.preprocessing.with_size(cfg.img_size)
         img_size = self.preprocessing.img_size
         self.overrides = encoder_overrides(cfg, img_size[0] if img_size[0] == img_size[1] else list(img_size),
