@@ -45,7 +45,7 @@ from vimamba.models.vim import VimConfig, VisionMamba
 from vimamba.pretrain import (build_objective, config_for, knn_accuracy, save_pretraining_checkpoint,
                               write_reconstructions)
 from vimamba.pretrain.probe import train_linear_probe
-from vimamba.train.optim import build_param_groups
+from vimamba.engine.optim import build_param_groups
 
 # ---------------------------------------------------------------------------------------------------- the setup
 ENCODER = dict(img_size=32, patch_size=4, stride=4, in_chans=1, embed_dim=96, depth=6, d_state=16, num_classes=0,

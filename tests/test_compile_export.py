@@ -130,7 +130,7 @@ def test_dynamic_shapes_follow_the_stride():
 
 
 def test_compile_choice_by_device():
-    from vimamba.train.compiled import should_compile
+    from vimamba.engine.compiled import should_compile
 
     assert should_compile("auto", torch.device("cuda")) and not should_compile("auto", torch.device("cpu"))
     assert should_compile("on", torch.device("cpu")) and not should_compile("off", torch.device("cuda"))
@@ -139,8 +139,8 @@ def test_compile_choice_by_device():
 
 
 def test_training_wrapper_compiles_and_unwraps():
-    from vimamba.train.compiled import CompiledWithFallback
-    from vimamba.train.distributed import unwrap_model
+    from vimamba.engine.compiled import CompiledWithFallback
+    from vimamba.engine.distributed import unwrap_model
 
     torch.manual_seed(0)
     model = tiny_vim(depth=1)
@@ -177,7 +177,7 @@ def test_training_wrapper_falls_back_to_eager_with_one_line(monkeypatch):
 
 
 def test_training_wrapper_does_not_hide_input_errors():
-    from vimamba.train.compiled import CompiledWithFallback
+    from vimamba.engine.compiled import CompiledWithFallback
 
     wrapper = CompiledWithFallback(tiny_vim(depth=1), log=lambda line: None, backend="aot_eager")
     with pytest.raises(ValueError, match="channel"):

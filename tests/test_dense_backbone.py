@@ -10,7 +10,7 @@ from vimamba.dense.backbone import BackboneConfig, build_backbone, default_out_i
 from vimamba.dense.detector import DetectorConfig, build_detector, vitdet_backbone_config
 from vimamba.dense.segmentor import SegmentorConfig, build_segmentor
 from vimamba.models.pos_embed import remove_cls_token
-from vimamba.train.optim import create_optimizer
+from vimamba.engine.optim import create_optimizer
 
 TINY = dict(embed_dim=32, depth=4, img_size=64, drop_path_rate=0.0)
 

@@ -18,7 +18,7 @@ from vimamba.dense.seg_data import SegEvalTransform, SegmentationDataset, SegTra
 from vimamba.dense.segmentor import SegmentorConfig, build_segmentor
 from vimamba.dense.synthetic import write_ade20k_shapes, write_coco_shapes
 from vimamba.models.checkpoint import CheckpointError
-from vimamba.train.distributed import DistInfo, seed_everything
+from vimamba.engine.distributed import DistInfo, seed_everything
 
 TINY_VIM = ["embed_dim=32", "depth=4", "patch_size=8", "stride=8", "img_size=64", "drop_path_rate=0"]
 CPU = torch.device("cpu")

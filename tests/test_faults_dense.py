@@ -24,8 +24,8 @@ from vimamba.dense.engine import DenseTrainConfig, train_iterations
 from vimamba.dense.seg_data import SegmentationDataset, SegTrainTransform
 from vimamba.dense.segmentor import SegmentorConfig
 from vimamba.dense.synthetic import write_ade20k_shapes, write_coco_shapes
-from vimamba.train.checkpointing import load_training_checkpoint
-from vimamba.train.distributed import DistInfo, seed_everything
+from vimamba.engine.checkpointing import load_training_checkpoint
+from vimamba.engine.distributed import DistInfo, seed_everything
 
 TINY_VIM = dict(embed_dim=16, depth=2, patch_size=8, stride=8, img_size=32, drop_path_rate=0.1)
 

@@ -23,7 +23,7 @@ from _train_data import make_image_folder
 from vimamba.cli import main as cli
 from vimamba.errors import FileSystemError
 from vimamba.io import atomic_torch_save, atomic_write
-from vimamba.train.checkpointing import CheckpointManager, load_training_checkpoint
+from vimamba.engine.checkpointing import CheckpointManager, load_training_checkpoint
 from vimamba.train.config import resolve_config
 from vimamba.train.runner import run_training
 
@@ -136,7 +136,7 @@ def test_temporaries_of_killed_saves_are_removed_at_the_next_save_and_start(tmp_
     os.utime(old, (1e9, 1e9))
     # at the start of a run, debris of every file of the run folder goes, before its first save
     config_debris = _killed_mid_save(tmp_path / "config.json")
-    from vimamba.train.checkpointing import prepare_output_dir
+    from vimamba.engine.checkpointing import prepare_output_dir
 
     prepare_output_dir(tmp_path, resume=target)
     assert not config_debris.exists() and not old.exists()

@@ -14,7 +14,7 @@ import torch
 
 import vimamba
 from _train_data import make_image_folder
-from vimamba.train.checkpointing import load_training_checkpoint
+from vimamba.engine.checkpointing import load_training_checkpoint
 
 SRC = str(Path(vimamba.__file__).resolve().parents[1])
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

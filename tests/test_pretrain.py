@@ -361,7 +361,7 @@ def test_unlabelled_images_at_any_depth_and_unreadable_ones_skipped(tmp_path):
 
 def test_ssl_finetune_recipe_decays_the_learning_rate_by_layer():
     from vimamba.train.config import resolve_config
-    from vimamba.train.optim import build_param_groups
+    from vimamba.engine.optim import build_param_groups
 
     cfg = resolve_config({"recipe": "ssl_finetune", "data": "somewhere"})
     assert (cfg.layer_decay, cfg.epochs, cfg.weight_decay, cfg.opt_betas) == (0.75, 100, 0.05, (0.9, 0.999))

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from vimamba import create_model
-from vimamba.train.checkpointing import (CheckpointManager, GracefulInterrupt, TrainingCheckpointError,
+from vimamba.engine.checkpointing import (CheckpointManager, GracefulInterrupt, TrainingCheckpointError,
                                          capture_rng_state, load_training_checkpoint, restore_rng_state)
 from vimamba.train.config import RECIPES, pick_recipe, resolve_config
-from vimamba.train.optim import build_param_groups, create_optimizer, create_scheduler, scale_lr
-from vimamba.train.precision import MixedPrecision, NonFiniteLossError
-from vimamba.train.sampling import ShardedEvalSampler, build_train_sampler
+from vimamba.engine.optim import build_param_groups, create_optimizer, create_scheduler, scale_lr
+from vimamba.engine.precision import MixedPrecision, NonFiniteLossError
+from vimamba.engine.sampling import ShardedEvalSampler, build_train_sampler
 
 
 def tiny_vim():
@@ -74,13 +74,13 @@ def test_recipes_pick_the_official_settings():
     assert pick_recipe("vim_tiny_patch16_224", finetune=False, demo=False) == "vim_tiny"
     assert pick_recipe("vim_small_patch16_stride8_224", finetune=True, demo=False) == "vim_ft_stride8"
     assert pick_recipe("deit_tiny_patch16_224", finetune=False, demo=False) == "deit"
-    cfg = resolve_config({"data": "/x", "model": "vim_tiny_patch16_224", "lr": 1e-4})
-    assert (cfg.recipe, cfg.weight_decay, cfg.drop_path, cfg.lr) == ("vim_tiny", 0.1, 0.0, 1e-4)  # flags win
-    cfg = resolve_config({"data": "/x", "model": "vim_small_patch16_stride8_224", "finetune": "a.pth"})
-    assert (cfg.epochs, cfg.lr, cfg.min_lr, cfg.weight_decay) == (30, 5e-6, 1e-5, 1e-8)
-    assert resolve_config({}).recipe == "demo" and RECIPES["demo"]["dataset"] == "fashion-mnist"
+    run, task = resolve_config({"data": "/x", "model": "vim_tiny_patch16_224", "lr": 1e-4})
+    assert (task.recipe, run.weight_decay, task.drop_path, run.lr) == ("vim_tiny", 0.1, 0.0, 1e-4)  # flags win
+    run, task = resolve_config({"data": "/x", "model": "vim_small_patch16_stride8_224", "finetune": "a.pth"})
+    assert (run.epochs, run.lr, run.min_lr, run.weight_decay) == (30, 5e-6, 1e-5, 1e-8)
+    assert resolve_config({}).task.recipe == "demo" and RECIPES["demo"]["dataset"] == "fashion-mnist"
     saved = resolve_config({"data": "/x", "epochs": 7}).to_dict()
-    assert resolve_config({"epochs": 9}, saved=saved).epochs == 9  # resuming: saved config, flags override
+    assert resolve_config({"epochs": 9}, saved=saved).engine.epochs == 9  # resuming: saved config, flags override
     with pytest.raises(ValueError, match="--finetune"):
         resolve_config({"embed_dim": 32}, saved=saved)
     with pytest.raises(ValueError, match="--resume continues"):
@@ -143,12 +143,14 @@ def test_rng_state_round_trip():
 def test_checkpoint_manager_last_best_and_refusals(tmp_path):
     model = torch.nn.Linear(2, 2)
     manager = CheckpointManager(tmp_path, metric="top1", mode="max")
-    state = lambda step: {"model": model.state_dict(), "global_step": step}  # noqa: E731
+    state = lambda step: dict(task="classification", arch={"name": "linear", "family": "timm"},  # noqa: E731
+                              model=model.state_dict(), optimizer={}, step=step)
     manager.save(state(1), metric_value=50.0)
     manager.save(state(2), metric_value=40.0)  # worse: best.pth keeps step 1
-    assert load_training_checkpoint(tmp_path / "last.pth")["global_step"] == 2
+    assert load_training_checkpoint(tmp_path / "last.pth")["step"] == 2
     best = load_training_checkpoint(tmp_path / "best.pth")
-    assert best["global_step"] == 1 and best["best_metric"] == 50.0 and best["rng"]
+    assert best["step"] == 1 and best["best_metric"] == {"name": "top1", "mode": "max", "value": 50.0} and best["rng"]
+    assert best["format_version"] == 2
     before = (tmp_path / "last.pth").read_bytes()
     with torch.no_grad():
         model.weight.fill_(float("nan"))

@@ -1,6 +1,6 @@
 """Dense-model checkpoints: what a training checkpoint stores to rebuild its model, and loading it back.
 
-Next to the training state (:mod:`vimamba.train.checkpointing`), every segmentation / detection checkpoint holds
+Next to the training state (:mod:`vimamba.engine.checkpointing`), every segmentation / detection checkpoint holds
 
 ==================  ====================================================================================
 ``dense_task``      ``"segmentation"`` or ``"detection"``

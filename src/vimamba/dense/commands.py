@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 @contextlib.contextmanager
 def _distributed(device: str):
     """The torchrun process group (if any) for the duration of a command."""
-    from ..train.distributed import cleanup_distributed, init_distributed
+    from ..engine.distributed import cleanup_distributed, init_distributed
 
     dist = init_distributed(device)
     try:
@@ -131,7 +131,7 @@ def _backbone_config(args, img_size, **fixed):
 
 def _run_training(args, task: str, config, class_names, data_config, train_set, to_inputs, collate_fn, evaluate,
                   metric: str, dist) -> int:
-    from ..train.distributed import print_once, seed_everything
+    from ..engine.distributed import print_once, seed_everything
     from .checkpoint import build_dense_model, dense_checkpoint_extra
     from .engine import train_iterations
 
@@ -162,7 +162,7 @@ def _run_folder(args) -> Path:
 
 def _load_for_prediction(args, task: str):
     """(model on its device, checkpoint info, device, output folder) for ``predict``."""
-    from ..train.distributed import resolve_device
+    from ..engine.distributed import resolve_device
     from .checkpoint import load_dense_model
 
     device = resolve_device(args.device)
@@ -303,9 +303,9 @@ def _segment_train(args) -> int:
 
 
 def _segment_eval(args) -> int:
-    from ..train.distributed import is_main_process, print_once
-    from ..train.precision import MixedPrecision
-    from ..train.reporting import write_json
+    from ..engine.distributed import is_main_process, print_once
+    from ..engine.precision import MixedPrecision
+    from ..engine.reporting import write_json
     from .checkpoint import load_dense_model
     from .evaluate import evaluate_segmentation
     from .seg_data import SegEvalTransform, SegmentationDataset
@@ -430,7 +430,7 @@ def _add_coco_args(p, what: str) -> None:
 
 
 def _detect_train(args) -> int:
-    from ..train.distributed import print_once
+    from ..engine.distributed import print_once
     from .coco_data import CocoDetection, collate_detection, detection_train_transform
     from .detector import DetectorConfig
     from .evaluate import evaluate_detection, flatten_coco_metrics
@@ -472,9 +472,9 @@ def _detect_train(args) -> int:
 
 
 def _detect_eval(args) -> int:
-    from ..train.distributed import is_main_process
-    from ..train.precision import MixedPrecision
-    from ..train.reporting import write_json
+    from ..engine.distributed import is_main_process
+    from ..engine.precision import MixedPrecision
+    from ..engine.reporting import write_json
     from .checkpoint import load_dense_model
     from ..errors import UserError
     from .coco_data import CocoDetection
@@ -508,7 +508,7 @@ def _detect_eval(args) -> int:
 def _detect_predict(args) -> int:
     import torch
 
-    from ..train.reporting import write_json
+    from ..engine.reporting import write_json
     from .coco_eval import detections_to_coco
     from .files import read_rgb
     from .visualize import draw_detections, save_rgb

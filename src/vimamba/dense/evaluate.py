@@ -13,10 +13,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from ..data.workers import worker_init
-from ..train.distributed import all_gather_objects, broadcast_object, get_rank, get_world_size, is_main_process
-from ..train.precision import MixedPrecision
-from ..train.reporting import progress
-from ..train.sampling import ShardedEvalSampler
+from ..engine.distributed import all_gather_objects, broadcast_object, get_rank, get_world_size, is_main_process
+from ..engine.precision import MixedPrecision
+from ..engine.reporting import progress
+from ..engine.sampling import ShardedEvalSampler
 from .coco_data import CocoDetection, collate_detection
 from .coco_eval import detections_to_coco, evaluate_coco
 from .seg_data import SegmentationDataset

@@ -13,9 +13,10 @@ What the engine guarantees a task:
   (so it builds the fresh model, and any ``--init`` / ``--pretrained`` weights are overwritten on resume).
 * :meth:`Task.loss` runs under the engine's autocast and with the model in ``train()`` mode; the batch is already
   on the run's device (tensors, and tensors inside lists / tuples / dicts, are moved with ``non_blocking``).
-* :meth:`Task.evaluate` runs on every rank with the model in ``eval()`` mode under ``torch.no_grad()``; the loader
+* :meth:`Task.evaluate` runs on every rank with the model in ``eval()`` mode under ``torch.no_grad()`` and the
+  engine's autocast; the loader
   shards the evaluation set across ranks (each sample exactly once), so the task reduces its sums with
-  :func:`vimamba.engine.distributed.all_reduce_sum` (or the other helpers there) before dividing.
+  :func:`vimamba.engine.distributed.all_reduce_sums` (or the other helpers there) before dividing.
 """
 from __future__ import annotations
 
@@ -88,6 +89,11 @@ class Task(abc.ABC):
         Detection returns a function that keeps images and targets as lists."""
         return None
 
+    def repeated_augmentation(self) -> bool:
+        """Whether the training sampler repeats each sample on several ranks per epoch (DeiT's repeated
+        augmentation; distributed runs only). Default: no."""
+        return False
+
     def eval_batch_size(self, train_batch_size: int) -> int:
         """The per-rank batch size of the evaluation loader; by default the training batch size."""
         return train_batch_size
@@ -128,8 +134,9 @@ class Task(abc.ABC):
         (the file is read with ``weights_only=True``)."""
 
     def task_config_dict(self) -> Dict[str, Any]:
-        """The task's own settings as plain data, stored under ``config["task"]`` of every checkpoint next to the
-        engine's settings (so a run's full configuration is recoverable). Default: empty."""
+        """The task's own settings as plain data. Every checkpoint's ``config`` (and ``config.json``) is this dict
+        merged with the engine's settings (``EngineConfig.to_dict()``; the names must not clash), so a run's full
+        configuration, flags included, is recoverable from its checkpoint. Default: empty."""
         return {}
 
     # --- optional hooks -------------------------------------------------------------------------------------------
@@ -137,6 +144,20 @@ class Task(abc.ABC):
     def on_evaluated(self, model: nn.Module, run_dir: Path, step: int) -> None:
         """Called on rank 0 after every evaluation, with the evaluated model: write optional artefacts into
         ``run_dir`` (reconstructions, prediction previews). Default: nothing."""
+
+    def on_finished(self, model: nn.Module, run_dir: Path, best_checkpoint: Path) -> None:
+        """Called on rank 0 when a run has trained all its steps, after the last checkpoint was written
+        (``best_checkpoint``: ``best.pth``, or ``last.pth`` when nothing was evaluated): e.g. export the weights.
+        Default: nothing."""
+
+    def summary_fields(self) -> Dict[str, Any]:
+        """Extra entries for ``summary.json`` (e.g. counts the task kept while training). Called on every rank at
+        the end of a run (it may reduce across ranks). Default: none."""
+        return {}
+
+    def resume_hint(self, checkpoint: Path) -> str:
+        """The command line that continues an interrupted run, printed when it stops."""
+        return f"--resume {checkpoint}"
 
     def describe(self, model: nn.Module) -> str:
         """One line naming what was built, printed at the start of a run (and used as the curves' title).

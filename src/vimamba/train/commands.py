@@ -9,34 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, Dict
 
 from ..cli_args import image_size, non_negative_int, positive_int, unit_interval_open
-from .config import RECIPE_NOTES, RECIPES, TrainConfig
+from ..engine.config import EngineConfig, add_config_flags, show_value
+from .config import ENGINE_DEFAULTS, RECIPE_NOTES, RECIPES, ClassificationConfig
 
-# annotation (as a string: postponed evaluation) -> (argparse type, nargs)
-_ARG_TYPES = {
-    "int": (int, None), "Optional[int]": (int, None), "float": (float, None), "Optional[float]": (float, None),
-    "str": (str, None), "Optional[str]": (str, None), "Tuple[float, float]": (float, 2),
-    "Optional[Tuple[float, float]]": (float, 2),
-}
-_GROUP_TITLES = {
-    "data": "data", "model": "model", "schedule": "schedule and batch", "optimizer": "optimizer",
-    "augmentation": "augmentation and regularisation", "ema": "weight EMA", "precision": "precision",
-    "run": "run",
-}
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return "none" if value is None else str(value)
+_GROUP_TITLES = {"data": "data", "model": "model", "augmentation": "augmentation and regularisation"}
 
 
 def _recipe_epilog() -> str:
@@ -45,7 +24,7 @@ def _recipe_epilog() -> str:
     for name, overrides in RECIPES.items():
         lines.append(f"  {name:<15} {RECIPE_NOTES[name]}")
         if overrides:
-            shown = ", ".join(f"{k.replace('_', '-')}={_show(v)}" for k, v in overrides.items())
+            shown = ", ".join(f"{k.replace('_', '-')}={show_value(v)}" for k, v in overrides.items())
             lines.append(f"  {'':<15}   {shown}")
     lines.append("")
     lines.append("examples:")
@@ -58,33 +37,13 @@ def _recipe_epilog() -> str:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    groups: Dict[str, Any] = {}
-    for f in fields(TrainConfig):
-        meta = f.metadata
-        group_name = meta["group"]
-        if group_name not in groups:
-            groups[group_name] = parser.add_argument_group(_GROUP_TITLES.get(group_name, group_name))
-        group = groups[group_name]
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        recipe_values = {name: r[f.name] for name, r in RECIPES.items() if f.name in r}
-        notes = [] if "default:" in meta["help"] else [f"default: {_show(default)}"]
-        if recipe_values:
-            notes.append("recipes: " + ", ".join(f"{n} {_show(v)}" for n, v in recipe_values.items()))
-        help_text = meta["help"] + (f" ({'; '.join(notes)})" if notes else "")
-        kwargs: Dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
-        if f.type in ("bool",):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-            continue
-        arg_type, nargs = _ARG_TYPES[f.type]
-        kwargs.update(type=meta.get("check") or arg_type)  # the field's validating type (vimamba.cli_args)
-        if nargs:
-            kwargs["nargs"] = nargs
-        if meta.get("choices"):
-            kwargs["choices"] = meta["choices"]
-        if meta.get("metavar"):
-            kwargs["metavar"] = meta["metavar"]
-        group.add_argument(flag, **kwargs)
+    """The flags of :class:`ClassificationConfig` and :class:`EngineConfig`, with the recipes' values in the help."""
+    notes = {}
+    for name in {k for r in RECIPES.values() for k in r}:
+        values = {recipe: r[name] for recipe, r in RECIPES.items() if name in r}
+        notes[name] = "recipes: " + ", ".join(f"{n} {show_value(v)}" for n, v in values.items())
+    add_config_flags(parser, (ClassificationConfig, EngineConfig), defaults=ENGINE_DEFAULTS, notes=notes,
+                     group_titles=_GROUP_TITLES)
 
 
 def register(subparsers) -> None:
@@ -140,16 +99,17 @@ def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------------------------------- train
 def _train(args) -> int:
-    from .checkpointing import load_training_checkpoint
+    from ..engine.checkpointing import load_training_checkpoint
+    from ..engine.config import explicit_values
+    from .classification import run_training
     from .config import resolve_config
-    from .runner import run_training
 
-    explicit = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    explicit = explicit_values(args, (ClassificationConfig, EngineConfig))
     saved = None
     if explicit.get("resume"):
         saved = load_training_checkpoint(explicit["resume"]).get("config")
-        if saved is None:
-            raise ValueError(f"'{explicit['resume']}' holds no training configuration to resume")
+        if not saved or saved.get("recipe") is None:
+            raise ValueError(f"'{explicit['resume']}' holds no classification training configuration to resume")
         changed = sorted(k for k in explicit if k != "resume" and saved.get(k) != explicit[k])
         if changed:
             print(f"resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
@@ -158,10 +118,12 @@ def _train(args) -> int:
             # the folder saved in its configuration, which may be another run's now.
             explicit["output"] = str(Path(explicit["resume"]).parent)
     cfg = resolve_config(explicit, saved)
-    summary = run_training(cfg)
-    if summary.get("status") == "interrupted":
-        return int(summary["exit_code"])
-    if summary.get("final_top1") is not None and summary.get("dataset") == "fashion-mnist" and cfg.recipe == "demo":
+    result = run_training(cfg)
+    summary = result.summary
+    if result.status == "interrupted":
+        return result.exit_code
+    if summary.get("final_top1") is not None and summary.get("dataset") == "fashion-mnist" and \
+            cfg.task.recipe == "demo":
         print(f"\nFashion-MNIST test accuracy: {summary['final_top1']:.2f}% (curves: {summary['curves']}). Try:\n"
               f"    vimamba predict --checkpoint {summary['checkpoint']} IMAGE.png")
     return 0
@@ -169,7 +131,7 @@ def _train(args) -> int:
 
 # ---------------------------------------------------------------------------------------------------- eval / predict
 def _load_for_inference(args):
-    from .distributed import init_distributed
+    from ..engine.distributed import init_distributed
     from .models import load_classifier
 
     dist_info = init_distributed(args.device)
@@ -185,7 +147,7 @@ def _load_for_inference(args):
 def _load_onnx_for_inference(args):
     """Like :func:`_load_for_inference` for ``--onnx``: onnxruntime on the CPU, the model's stored preprocessing."""
     from ..export.runtime import load_onnx_classifier
-    from .distributed import init_distributed
+    from ..engine.distributed import init_distributed
 
     if args.weights != "auto" or args.trust_checkpoint:
         raise ValueError("--weights and --trust-checkpoint apply to --checkpoint, not to --onnx")
@@ -200,7 +162,7 @@ def _load_onnx_for_inference(args):
 
 
 def _eval(args) -> int:
-    from .distributed import cleanup_distributed, print_once
+    from ..engine.distributed import cleanup_distributed, print_once
     from .inference import evaluate_classifier
 
     if args.data is None and args.dataset is None:

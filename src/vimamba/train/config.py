@@ -1,9 +1,11 @@
-"""The configuration of a classification training run, and the recipes that set it per model variant.
+"""The configuration of a classification run, and the recipes that set it per model variant.
 
-Every field of :class:`TrainConfig` is a ``vimamba train`` flag (the field's metadata holds its flag name, help and
-group; :mod:`vimamba.train.commands` builds the parser from it). A value is decided, last one wins, by:
+A run is configured by two dataclasses: :class:`~vimamba.engine.config.EngineConfig` (how to train: schedule,
+optimizer, EMA, precision, output, ...) and :class:`ClassificationConfig` (what to train: data, model, augmentation,
+loss). Every field of both is a ``vimamba train`` flag (:func:`vimamba.engine.config.add_config_flags`). A value is
+decided, last one wins, by:
 
-1. the field default (the DeiT / Vim ``main.py`` defaults, the ImageNet recipe),
+1. the field default (the DeiT / Vim ``main.py`` defaults, the ImageNet recipe) and :data:`ENGINE_DEFAULTS`,
 2. the recipe (``--recipe``; ``auto`` picks it from the model name, see :data:`RECIPES`),
 3. the flags given on the command line (and, when resuming, the configuration saved in the checkpoint comes
    before the flags).
@@ -12,26 +14,21 @@ Learning rates are per 512 images and scaled by the global batch unless ``--unsc
 """
 from __future__ import annotations
 
-import argparse
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Callable, Dict, Optional, Tuple
+from dataclasses import dataclass, fields
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-from ..cli_args import (image_size, non_negative_float, non_negative_int, positive_float, positive_int, probability,
-                        unit_interval_open)
+from ..cli_args import image_size, non_negative_float, positive_float, positive_int, probability, unit_interval_open
+from ..engine.config import ConfigMixin, EngineConfig, build_configs, field_defaults
+from ..engine.config import option as _f
 
-__all__ = ["TrainConfig", "RECIPES", "RECIPE_NOTES", "pick_recipe", "resolve_config", "ARCH_FIELDS"]
-
-
-def _f(default: Any, help: str, group: str, flag: Optional[str] = None, choices=None, metavar=None,
-       check: Optional[Callable[[Any], Any]] = None):
-    """A field and its flag: help text, group, choices, and ``check``, the :mod:`vimamba.cli_args` type that parses
-    and validates the flag's value (for tuple fields, each element's)."""
-    return field(default=default, metadata=dict(help=help, group=group, flag=flag, choices=choices, metavar=metavar,
-                                                check=check))
+__all__ = ["ClassificationConfig", "TrainConfig", "RECIPES", "RECIPE_NOTES", "ENGINE_DEFAULTS", "pick_recipe",
+           "resolve_config", "ARCH_FIELDS"]
 
 
 @dataclass
-class TrainConfig:
+class ClassificationConfig(ConfigMixin):
+    """What a classification run trains: the data, the model and its initial weights, augmentation and loss."""
+
     # --------------------------------------------------------------------------------------------- data
     data: Optional[str] = _f(None, "image folder with train/<class>/* and val/<class>/* (ImageNet layout); with "
                              "--dataset, where that dataset lives", "data", metavar="DIR")
@@ -40,8 +37,6 @@ class TrainConfig:
                                 choices=("fashion-mnist", "cifar10", "imagenet"))
     strict_data: bool = _f(False, "stop on an unreadable image instead of skipping it (skipped files are named and "
                            "counted)", "data")
-    workers: int = _f(4, "data-loading worker processes per training process (0: load in the main process)", "data",
-                      check=non_negative_int)
     # --------------------------------------------------------------------------------------------- model
     model: str = _f("vim_tiny_patch16_224", "a vimamba model (`vimamba models`) or a timm model name such as "
                     "deit_tiny_patch16_224 (the size flags below apply to both)", "model", metavar="NAME")
@@ -61,38 +56,9 @@ class TrainConfig:
     finetune: Optional[str] = _f(None, "start from these weights (a new run: fresh optimizer and schedule; another "
                                  "class count gets a new head; position embeddings are resized, e.g. stride 16 -> 8)",
                                  "model", metavar="CKPT")
-    grad_checkpointing: bool = _f(False, "recompute block activations in backward (less memory, ~30% slower)",
-                                  "model")
-    # --------------------------------------------------------------------------------------------- schedule
-    epochs: int = _f(300, "training epochs", "schedule", check=positive_int)
-    batch_size: int = _f(64, "images per process per step (global batch = this x processes x --accum-steps)",
-                         "schedule", metavar="B", check=positive_int)
-    accum_steps: int = _f(1, "gradient accumulation: micro-batches per optimizer step", "schedule", check=positive_int)
-    lr: float = _f(5e-4, "peak learning rate per 512 images (scaled by global batch / 512 unless --unscale-lr)",
-                   "schedule", metavar="LR", check=positive_float)
-    unscale_lr: bool = _f(False, "use --lr as given, without the global-batch scaling", "schedule")
-    min_lr: float = _f(1e-5, "final learning rate of the cosine schedule (not scaled)", "schedule",
-                       check=non_negative_float)
-    warmup_lr: float = _f(1e-6, "learning rate at the start of the warmup (not scaled)", "schedule",
-                          check=non_negative_float)
-    warmup_epochs: float = _f(5.0, "linear warmup length in epochs (stepped per iteration)", "schedule",
-                              check=non_negative_float)
-    sched: str = _f("cosine", "learning-rate schedule (timm scheduler name)", "schedule",
-                    choices=("cosine", "step", "multistep", "plateau", "tanh", "poly", "const"))
-    # --------------------------------------------------------------------------------------------- optimizer
-    opt: str = _f("adamw", "optimizer (timm name: adamw, sgd, lamb, lion, ...)", "optimizer")
-    opt_eps: float = _f(1e-8, "optimizer epsilon", "optimizer", check=positive_float)
-    opt_betas: Optional[Tuple[float, float]] = _f(None, "optimizer betas (default: the optimizer's, 0.9 0.999)",
-                                                   "optimizer", check=probability)
-    momentum: float = _f(0.9, "SGD momentum", "optimizer", check=probability)
-    weight_decay: float = _f(0.05, "weight decay (never on 1-D parameters, biases, pos_embed, cls_token)",
-                             "optimizer", check=non_negative_float)
-    decay_ssm: bool = _f(True, "weight decay on the 2-D SSM matrices A_log/A_b_log, as the official recipe does; "
-                         "--no-decay-ssm exempts them too", "optimizer")
-    layer_decay: Optional[float] = _f(None, "layer-wise learning-rate decay factor, e.g. 0.75 for fine-tuning "
-                                      "(default: off)", "optimizer", check=unit_interval_open)
-    clip_grad: Optional[float] = _f(None, "clip the global gradient norm to this (default: off, as official)",
-                                    "optimizer", check=positive_float)
+    init: Optional[str] = _f(None, "start a bidirectional Vim from the encoder of this pretraining checkpoint "
+                             "(vimamba pretrain): a new head, position embeddings resized; size flags not given are "
+                             "taken from the encoder", "model", metavar="PRETRAIN_CKPT")
     # --------------------------------------------------------------------------------------------- augmentation
     aa: Optional[str] = _f("rand-m9-mstd0.5-inc1", "RandAugment policy (timm syntax); 'none' turns it off",
                            "augmentation")
@@ -117,45 +83,26 @@ class TrainConfig:
     mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup when both are on", "augmentation",
                                   check=probability)
     mixup_mode: str = _f("batch", "mixup granularity", "augmentation", choices=("batch", "pair", "elem"))
-    # --------------------------------------------------------------------------------------------- EMA, precision
-    model_ema: bool = _f(True, "keep an exponential moving average of the weights (evaluated every epoch)", "ema")
-    model_ema_decay: float = _f(0.99996, "EMA decay per optimizer step", "ema", check=probability)
-    model_ema_warmup: bool = _f(False, "ramp the EMA decay up over the first steps (for short runs)", "ema")
-    amp: str = _f("off", "mixed precision: bf16 (autocast, SSM state in float32), fp16 (with loss scaling), or off "
-                  "(float32, the official setting)", "precision", choices=("off", "bf16", "fp16"))
-    max_bad_steps: int = _f(20, "stop after this many optimizer steps in a row with a NaN/inf loss or gradient "
-                            "(each is skipped)", "precision", check=positive_int)
     # --------------------------------------------------------------------------------------------- run
-    output: str = _f("runs/train", "output directory: last.pth, best.pth, metrics.jsonl, curves.png, summary.json",
-                     "run", metavar="DIR")
-    resume: Optional[str] = _f(None, "continue the run saved in this checkpoint (same schedule position and data "
-                               "order); its configuration is reused, flags given here override it", "run",
-                               metavar="CKPT")
-    overwrite: bool = _f(False, "start a new run in an output directory that already holds one (its checkpoints "
-                         "are replaced)", "run")
-    best_metric: str = _f("top1", "metric that selects best.pth", "run", choices=("top1", "ema_top1"))
-    eval_every: int = _f(1, "evaluate every N epochs (and always after the last)", "run", check=positive_int)
     export: bool = _f(True, "at the end, export the best weights as model.safetensors with class names (Vim "
                       "models)", "run")
-    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps (under torchrun: one GPU per process)", "run")
-    compile: str = _f("auto", "train the model compiled with torch.compile: on, off, or auto (on CUDA only: on CPU it "
-                      "measured no faster); a failure to compile falls back to eager with a warning", "run",
-                      choices=("auto", "on", "off"))
-    seed: int = _f(0, "random seed", "run", check=non_negative_int)
     recipe: str = _f("auto", "named set of defaults (see the list below); auto picks it from the model and data",
                      "run")
 
+
+
+class TrainConfig(NamedTuple):
+    """A classification run's whole configuration: how it trains and what it trains."""
+
+    engine: EngineConfig
+    task: ClassificationConfig
+
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        for key, value in d.items():
-            if isinstance(value, tuple):
-                d[key] = list(value)
-        return d
+        return {**self.task.to_dict(), **self.engine.to_dict()}
 
-    @classmethod
-    def field_defaults(cls) -> Dict[str, Any]:
-        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
+# The engine settings of a classification run that differ from the engine's own defaults.
+ENGINE_DEFAULTS: Dict[str, Any] = dict(output="runs/train", model_ema=True)
 
 # Fields that define the network (they must match between a checkpoint and the model built to resume it).
 ARCH_FIELDS = ("model", "img_size", "patch_size", "stride", "embed_dim", "depth", "d_state", "num_heads")
@@ -216,8 +163,10 @@ def pick_recipe(model: str, *, finetune: bool, demo: bool, stride: Optional[int]
 
 
 def resolve_config(explicit: Dict[str, Any], saved: Optional[Dict[str, Any]] = None) -> TrainConfig:
-    """Build the run's configuration from the flags given (``explicit``) and, when resuming, the saved one."""
-    known = {f.name for f in fields(TrainConfig)}
+    """Build the run's configuration from the flags given (``explicit``) and, when resuming, the saved one (the
+    flat ``config`` dict of the checkpoint)."""
+    classes = (EngineConfig, ClassificationConfig)
+    known = {f.name for cls in classes for f in fields(cls)}
     unknown = sorted(set(explicit) - known)
     if unknown:
         raise ValueError(f"unknown training options {unknown}")
@@ -227,59 +176,46 @@ def resolve_config(explicit: Dict[str, Any], saved: Optional[Dict[str, Any]] = N
             raise ValueError(f"a resumed run keeps its architecture; {', '.join('--' + k.replace('_', '-') for k in changed)}"
                              " differ from the checkpoint's. Start a new run from its weights with --finetune instead")
         base = {k: v for k, v in saved.items() if k in known}
-        values = {**base, **explicit}
-        return _make(values)
+        return _make({**base, **explicit})
     demo = explicit.get("data") is None and explicit.get("dataset") is None
     recipe = explicit.get("recipe", "auto")
     if recipe == "auto":
-        recipe = pick_recipe(explicit.get("model", "" if demo else TrainConfig.model), finetune=bool(
-            explicit.get("finetune")), demo=demo, stride=explicit.get("stride"))
+        recipe = pick_recipe(explicit.get("model", "" if demo else ClassificationConfig.model), finetune=bool(
+            explicit.get("finetune") or explicit.get("init")), demo=demo, stride=explicit.get("stride"))
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)} or auto")
-    values = {**TrainConfig.field_defaults(), **RECIPES[recipe], **explicit, "recipe": recipe}
+    values = {**field_defaults(*classes), **ENGINE_DEFAULTS, **RECIPES[recipe], **explicit, "recipe": recipe}
     return _make(values)
 
 
 def _make(values: Dict[str, Any]) -> TrainConfig:
-    for key in ("scale", "ratio", "opt_betas"):
-        if isinstance(values.get(key), list):
-            values[key] = tuple(values[key])
     if isinstance(values.get("aa"), str) and values["aa"].lower() in ("", "none", "off"):
         values["aa"] = None
-    cfg = TrainConfig(**values)
+    engine, task = build_configs(values, (EngineConfig, ClassificationConfig))
+    cfg = TrainConfig(engine, task)
     _validate(cfg)
     return cfg
 
 
 def _validate(cfg: TrainConfig) -> None:
-    for f in fields(TrainConfig):  # each field's own check (the type its flag is parsed with)
-        check, value = f.metadata.get("check"), getattr(cfg, f.name)
-        if check is None or value is None:
-            continue
-        for item in (value if isinstance(value, (tuple, list)) else (value,)):
-            try:
-                check(item)
-            except argparse.ArgumentTypeError as e:
-                flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-                raise ValueError(f"{flag} {e}") from None
-    mixing = cfg.mixup > 0 or cfg.cutmix > 0
+    """Relations between settings that no single flag's check covers."""
+    run, task = cfg
+    mixing = task.mixup > 0 or task.cutmix > 0
     checks = [
-        (cfg.scale[0] <= cfg.scale[1], f"--scale MIN MAX needs MIN <= MAX, got {cfg.scale}"),
-        (cfg.ratio[0] <= cfg.ratio[1], f"--ratio MIN MAX needs MIN <= MAX, got {cfg.ratio}"),
-        (not mixing or cfg.batch_size >= 2, f"Mixup/CutMix mix pairs of images: --batch-size must be >= 2 (got "
-         f"{cfg.batch_size}), or turn them off with --mixup 0 --cutmix 0"),
-        (cfg.smoothing < 1, f"--smoothing must be < 1, got {cfg.smoothing}"),
-        (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
-        (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-        (cfg.accum_steps >= 1, f"--accum-steps must be >= 1, got {cfg.accum_steps}"),
-        (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
-        (cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
-        (0 <= cfg.drop_path < 1, f"--drop-path must be in [0, 1), got {cfg.drop_path}"),
-        (cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}"),
-        (cfg.max_bad_steps >= 1, f"--max-bad-steps must be >= 1, got {cfg.max_bad_steps}"),
-        (cfg.img_size is None or cfg.img_size >= 1, f"--img-size must be positive, got {cfg.img_size}"),
-        (not (cfg.resume and cfg.finetune), "--resume continues a run, --finetune starts a new one: give one"),
+        (task.scale[0] <= task.scale[1], f"--scale MIN MAX needs MIN <= MAX, got {task.scale}"),
+        (task.ratio[0] <= task.ratio[1], f"--ratio MIN MAX needs MIN <= MAX, got {task.ratio}"),
+        (not mixing or run.batch_size >= 2, f"Mixup/CutMix mix pairs of images: --batch-size must be >= 2 (got "
+         f"{run.batch_size}), or turn them off with --mixup 0 --cutmix 0"),
+        (task.smoothing < 1, f"--smoothing must be < 1, got {task.smoothing}"),
+        (0 <= task.drop_path < 1, f"--drop-path must be in [0, 1), got {task.drop_path}"),
+        (not (run.resume and task.finetune), "--resume continues a run, --finetune starts a new one: give one"),
+        (not (task.init and task.finetune), "--init (a pretraining checkpoint) and --finetune (classifier weights) "
+         "both set the initial weights: give one"),
+        (run.best_metric in (None, "top1", "ema_top1", "top5", "ema_top5"),
+         f"--best-metric must be top1, ema_top1, top5 or ema_top5, got {run.best_metric!r}"),
+        (not (run.best_metric or "").startswith("ema_") or run.model_ema, "--best-metric ema_... needs --model-ema"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    run.check()

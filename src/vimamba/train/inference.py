@@ -18,11 +18,11 @@ from ..data.datasets import DatasetSpec, find_split_dir, imagenet_class_names, o
 from ..data.images import DataError, collate_skipping_unreadable, load_image
 from ..data.transforms import Preprocessing, build_eval_transform
 from ..data.workers import worker_init
-from .distributed import DistInfo
-from .engine import evaluate
+from ..engine.distributed import DistInfo
+from .classification import evaluate
 from .models import LoadedClassifier
-from .precision import MixedPrecision
-from .sampling import ShardedEvalSampler
+from ..engine.precision import MixedPrecision
+from ..engine.sampling import ShardedEvalSampler
 
 __all__ = ["evaluate_classifier", "Prediction", "predict_images", "class_names_for"]
 

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..checkpoints.format import is_current_format
 from ..data.transforms import Preprocessing
 from ..models.checkpoint import CLASS_NAMES_KEY, PREPROCESSING_KEY, CheckpointError, read_checkpoint
 from ..models.registry import create_model, list_models, load_model, model_config, resolve_name
@@ -161,6 +162,11 @@ def _peek_training_checkpoint(path: Path) -> Optional[Dict[str, Any]]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
         return None  # read_checkpoint will explain
+    if is_current_format(obj) and obj.get("task") == "classification":  # bridge until the one loader reads it
+        arch = obj["arch"]
+        return {MODEL_SPEC_KEY: {"family": arch["family"], "name": arch["name"], "kwargs": arch.get("overrides", {})},
+                "model": obj["model"], "model_ema": obj.get("model_ema"),
+                CLASS_NAMES_KEY: obj.get("class_names") or None, PREPROCESSING_KEY: obj.get("preprocessing")}
     return obj if isinstance(obj, dict) and MODEL_SPEC_KEY in obj else None
 
 

@@ -20,7 +20,7 @@ import torch
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 
-__all__ = ["LR_REFERENCE_BATCH", "scale_lr", "no_weight_decay_names", "build_param_groups", "create_optimizer",
+__all__ = ["LR_REFERENCE_BATCH", "scale_lr", "no_weight_decay_names", "build_param_groups", "create_optimizer", "optimizer_over",
            "create_scheduler"]
 
 LR_REFERENCE_BATCH = 512
@@ -67,6 +67,14 @@ def create_optimizer(
     """An optimizer (any timm name: adamw, sgd, lamb, ...) over :func:`build_param_groups`; ``lr`` is final."""
     groups = build_param_groups(model, weight_decay, no_decay_ssm=no_decay_ssm, layer_decay=layer_decay,
                                 extra_no_decay=extra_no_decay)
+    return optimizer_over(groups, lr=lr, weight_decay=weight_decay, opt=opt, betas=betas, eps=eps,
+                          momentum=momentum)
+
+
+def optimizer_over(groups: List[dict], *, lr: float, weight_decay: float, opt: str = "adamw",
+                   betas: Optional[Tuple[float, float]] = None, eps: Optional[float] = None,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """The optimizer ``opt`` (a timm name) over ready parameter groups (a task's :meth:`param_groups`)."""
     kwargs = {}
     if betas is not None:
         kwargs["betas"] = tuple(betas)

@@ -1,42 +1,34 @@
 """Training checkpoints that survive crashes, and resuming that continues the same run.
 
-A training checkpoint is one ``torch.save`` dict, written atomically (temporary file + rename, via
-:func:`vimamba.io.atomic_write`), loadable with ``torch.load(weights_only=True)``:
-
-==================  =====================================================================================
-``model``           the model's state_dict (so ``vimamba eval/predict/convert`` and ``read_checkpoint`` use it)
-``model_ema``       the EMA weights, when EMA is on
-``optimizer``       optimizer state; ``scheduler``, ``scaler`` likewise (when present)
-``epoch``           the epoch to continue in (0-based)
-``batch_in_epoch``  batches of that epoch already trained (0 at an epoch boundary; > 0 after an interruption)
-``global_step``     optimizer updates so far: the LR schedule position
-``rng``             the RNG states (python, numpy, torch, CUDA) of every rank, in rank order
-``best_metric``     the best value of the tracked metric so far, and ``metric_name`` / ``metric_mode``
-``config``          the run's configuration (a plain dict), plus whatever the task adds (class names, ...)
-==================  =====================================================================================
+Every checkpoint a run writes is the one format of :mod:`vimamba.checkpoints.format` (version 2), built with
+:func:`~vimamba.checkpoints.make_checkpoint` and written atomically (temporary file + rename, via
+:func:`vimamba.io.atomic_write`): the model and EMA weights, the optimizer, scheduler and loss-scaler states, the RNG
+states of every rank (``rng``), the step and the position in the data (``epoch``, ``batch_in_epoch``), the best
+metric so far, the run's configuration and what the task stores to rebuild its model.
 
 :class:`CheckpointManager` writes ``last.pth`` (every call) and ``best.pth`` (when the tracked metric improves) in
-the output directory, refuses to overwrite a good checkpoint with non-finite weights, and reads checkpoints back
-with clear errors. :class:`GracefulInterrupt` turns SIGINT/SIGTERM into a flag the training loop polls, so the
-loop can finish its step, save, and exit; ``--resume last.pth`` then continues where it stopped.
+the output directory and refuses to overwrite a good checkpoint with non-finite weights;
+:func:`load_training_checkpoint` reads a checkpoint back for ``--resume`` with clear errors, and
+:func:`restore_training_state` puts its state into the objects of a new process. :class:`GracefulInterrupt` turns
+SIGINT/SIGTERM into a flag the training loop polls, so the loop can finish its step, save, and exit;
+``--resume last.pth`` then continues where it stopped.
 """
 from __future__ import annotations
 
 import math
 import os
-import pickle
 import random
 import signal
 import sys
 import threading
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
-from ..errors import UserError, file_system_error
+from ..checkpoints.format import CheckpointFormatError, is_current_format, load_checkpoint_file, make_checkpoint
+from ..errors import UserError
 from ..io import (atomic_torch_save, atomic_write, check_writable, ensure_folder, remove_stale_temporaries_in,
                   same_file)
 from .distributed import all_gather_objects, get_rank, get_world_size, is_main_process
@@ -87,25 +79,22 @@ def _as_tuple(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------------- reading
 def load_training_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Read a training checkpoint written by :class:`CheckpointManager` (on CPU), with clear errors."""
+    """Read a checkpoint a run wrote (on CPU) to resume it, with clear errors for any other file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint to resume from not found: '{path}'")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as e:
-        raise file_system_error(e, path, "read") from e
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        obj = load_checkpoint_file(path)
+    except CheckpointFormatError as e:
+        raise TrainingCheckpointError(str(e).replace("as a PyTorch checkpoint", "as a training checkpoint")) from e
+    if not is_current_format(obj) or obj.get("optimizer") is None:
+        older = isinstance(obj, dict) and "global_step" in obj and "model" in obj
+        keys = sorted(map(str, obj))[:12] if isinstance(obj, dict) else type(obj).__name__
         raise TrainingCheckpointError(
-            f"could not read '{path}' as a training checkpoint ({type(e).__name__}: {e}). The file may be truncated "
-            "or not a vimamba training checkpoint."
-        ) from e
-    if not isinstance(obj, dict) or "model" not in obj or "global_step" not in obj:
-        keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise TrainingCheckpointError(
-            f"'{path}' is not a vimamba training checkpoint (it holds {keys}); to start a new run from its weights "
-            "use --finetune instead of --resume"
-        )
+            f"'{path}' is not a vimamba training checkpoint " + (
+                "of the current format (an earlier vimamba version wrote it)" if older else f"(it holds {keys})")
+            + "; to start a new run from its weights use --finetune (classification) or --pretrained (dense) "
+            "instead of --resume")
     return obj
 
 
@@ -185,7 +174,7 @@ class CheckpointManager:
     Every rank calls :meth:`save` (it gathers each rank's RNG state); only rank 0 writes. Example::
 
         manager = CheckpointManager("runs/exp", metric="top1", mode="max")
-        manager.save(state, metric_value=top1)        # state: model/optimizer/... + epoch/global_step
+        manager.save(dict(task=..., arch=..., model=..., optimizer=..., step=...), metric_value=top1)
     """
 
     def __init__(self, output_dir: PathLike, *, metric: str = "top1", mode: str = "max",
@@ -205,8 +194,9 @@ class CheckpointManager:
             return True
         return value > self.best_value if self.mode == "max" else value < self.best_value
 
-    def save(self, state: Dict[str, Any], *, metric_value: Optional[float] = None) -> List[Path]:
-        """Write ``state`` (plus RNG states and best-metric bookkeeping) to ``last``, and to ``best`` if improved.
+    def save(self, fields: Dict[str, Any], *, metric_value: Optional[float] = None) -> List[Path]:
+        """Write the checkpoint of ``fields`` (keyword arguments of :func:`~vimamba.checkpoints.make_checkpoint`
+        except ``rng`` and ``best_metric``, which are added here) to ``last``, and to ``best`` if improved.
 
         Returns the paths written (empty on ranks other than 0). A state whose model weights are not all finite is
         refused (the previous checkpoint stays) with a :class:`TrainingCheckpointError`.
@@ -217,14 +207,14 @@ class CheckpointManager:
             self.best_value = float(metric_value)  # type: ignore[arg-type]
         if not is_main_process():
             return []
-        model_state = state.get("model") or {}
+        model_state = fields.get("model") or {}
         if not _all_finite(model_state.values()):
             raise TrainingCheckpointError(
                 f"refusing to overwrite '{self.last_path}': the model weights contain NaN/inf values; the previous "
                 "checkpoint is intact"
             )
-        payload = dict(state)
-        payload.update(rng=rng, best_metric=self.best_value, metric_name=self.metric, metric_mode=self.mode)
+        payload = make_checkpoint(**fields, rng=rng,
+                                  best_metric={"name": self.metric, "mode": self.mode, "value": self.best_value})
         written = [atomic_torch_save(payload, self.last_path)]
         if improved:
             self._link_or_copy(self.last_path, self.best_path)
