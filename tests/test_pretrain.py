@@ -363,7 +363,7 @@ def test_ssl_finetune_recipe_decays_the_learning_rate_by_layer():
     from vimamba.train.config import resolve_config
     from vimamba.engine.optim import build_param_groups
 
-    cfg = resolve_config({"recipe": "ssl_finetune", "data": "somewhere"})
+    cfg = resolve_config({"recipe": "ssl_finetune", "data": "somewhere"}).engine
     assert (cfg.layer_decay, cfg.epochs, cfg.weight_decay, cfg.opt_betas) == (0.75, 100, 0.05, (0.9, 0.999))
     model = VisionMamba(encoder_cfg(num_classes=3, depth=3))
     scales = {}
