@@ -147,13 +147,21 @@ def test_an_image_size_that_is_not_a_multiple_of_the_cluster_is_a_clear_error(tm
 
 
 # ---------------------------------------------------------------------------------------------------- transfer
-def test_a_labelled_format_2_checkpoint_is_refused_for_init(tmp_path):
+def test_a_labelled_format_2_checkpoint_is_refused_for_init(tmp_path, capsys):
     classifier = VisionMamba(model_config("vim_tiny_patch16_224", embed_dim=16, depth=2, d_state=4, img_size=16,
                                           patch_size=4, stride=4, num_classes=3))
     torch.save(make_checkpoint(task="classification", arch={"name": "vim_tiny_patch16_224", "family": "vim"},
                                model=classifier.state_dict(), class_names=["a", "b", "c"]), tmp_path / "cls.pth")
     with pytest.raises(CheckpointError, match="labelled classification checkpoint .*3 classes.*--finetune"):
         init_classifier_from_pretraining(classifier, tmp_path / "cls.pth")
+    # through `vimamba train --init`: one line, no traceback
+    from _train_data import make_image_folder
+
+    data = make_image_folder(tmp_path / "labelled", per_class=(2, 1), corrupt=False)
+    assert cli_main(["train", "--data", str(data), "--init", str(tmp_path / "cls.pth"), "--epochs", "1",
+                     "--workers", "0", "--output", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vimamba train: error:") and "labelled classification checkpoint" in err and "\n" not in err
     torch.save(make_checkpoint(task="segmentation", arch={"name": "vim_tiny_patch16_224", "family": "vim"},
                                model={}), tmp_path / "seg.pth")
     with pytest.raises(CheckpointError, match="is a segmentation checkpoint, not a pretraining checkpoint"):

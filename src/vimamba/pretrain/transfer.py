@@ -140,7 +140,7 @@ def _from_current_format(obj: Dict[str, Any], where: str, objective: Optional[st
     task = obj.get("task")
     if task != PRETRAINING_TASK:
         if task == "classification":
-            raise _labelled_error(where, f"a {task} checkpoint with {len(obj.get('class_names') or [])} classes")
+            raise _labelled_error(where, f"it has {len(obj.get('class_names') or [])} classes")
         raise CheckpointError(f"{where} is a {task} checkpoint, not a pretraining checkpoint; initialisation from "
                               "pretraining takes the output of `vimamba pretrain`")
     task_config = obj.get("task_config") or {}
