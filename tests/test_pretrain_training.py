@@ -182,6 +182,13 @@ def test_the_pretraining_defaults_are_mae_recipe_and_every_value_can_be_changed(
     assert (engine.clip_grad, engine.warmup_epochs, ar.cluster_size, ar.decoder_depth, ar.decoder_heads) == (
         1.0, 2, 2, 4, 8)
     assert pretrain_configs("ar", {})[1].clip_grad == 3.0  # ARM clips at 3
+    from vimamba.data.transforms import Preprocessing
+    from vimamba.pretrain import build_pretrain_transform
+
+    steps = build_pretrain_transform(mae, Preprocessing(img_size=32)).transforms
+    assert [type(t).__name__ for t in steps] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip",
+                                                 "MaybeToTensor", "Normalize"]  # nothing else
+    assert (steps[0].scale, steps[1].p) == ((0.2, 1.0), 0.5)
     with pytest.raises(ValueError, match="--mask-ratio does not apply to --objective ar"):
         pretrain_configs("ar", {"mask_ratio": 0.5})
     with pytest.raises(ValueError, match="--mask-ratio"):

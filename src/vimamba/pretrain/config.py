@@ -176,10 +176,10 @@ def build_objective(encoder_cfg: VimConfig, cfg: Union[PretrainConfig, str], **o
 
 
 def build_pretrain_transform(cfg: PretrainConfig, preprocessing):
-    """MAE's training transform: RandomResizedCrop + horizontal flip, to tensor, normalise (timm)."""
-    from timm.data import create_transform
+    """MAE's training transform: RandomResizedCrop + horizontal flip, to tensor, normalise; nothing else (the
+    project's training transform with RandAugment, colour jitter and random erasing off)."""
+    from ..data.transforms import Augmentation, build_train_transform
 
-    return create_transform(preprocessing.img_size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
-                            hflip=cfg.hflip, vflip=0.0, color_jitter=None, auto_augment=None,
-                            interpolation=cfg.interpolation, mean=preprocessing.mean, std=preprocessing.std,
-                            re_prob=0.0)
+    return build_train_transform(preprocessing, Augmentation(
+        scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, auto_augment=None, color_jitter=0.0,
+        re_prob=0.0, interpolation=cfg.interpolation))
