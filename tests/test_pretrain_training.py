@@ -98,6 +98,17 @@ def test_task_builds_the_objective_around_the_registered_encoder(tmp_path, objec
                                                                       model.state_dict().items()}
     make_checkpoint(task=task.name, model=model.state_dict(), **fields)  # the format accepts the fields
 
+    # MAE's weight-decay rule: none on biases, norms, position embeddings and the class / mask / AR tokens
+    from vimamba.pretrain import pretrain_configs
+
+    engine_cfg = pretrain_configs(objective, {})[1]
+    decay_of = {id(p): group["weight_decay"] for group in task.param_groups(model, engine_cfg) for p in group["params"]}
+    decayed = {name for name, p in model.named_parameters() if decay_of[id(p)] > 0}
+    tokens = {"ar": ["encoder.pos_embed", "ar_token"], "mae": ["encoder.pos_embed", "encoder.cls_token", "mask_token"]}
+    assert not decayed & set(tokens[objective])
+    assert all(p.ndim > 1 for name, p in model.named_parameters() if name in decayed)
+    assert "encoder.layers.0.mixer.in_proj.weight" in decayed and "decoder_pred.weight" in decayed
+
 
 @pytest.mark.parametrize("objective", ["ar", "mae"])
 def test_task_loss_and_heldout_evaluation(tmp_path, objective):
