@@ -17,7 +17,7 @@ does the rest (distribution, precision, optimiser and schedule, checkpoints, exa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -39,7 +39,7 @@ __all__ = ["PretrainTask", "RECONSTRUCTIONS_DIR", "encoder_overrides"]
 RECONSTRUCTIONS_DIR = "reconstructions"
 
 
-def encoder_overrides(cfg: PretrainConfig, img_size: int, in_chans: int) -> Dict[str, Any]:
+def encoder_overrides(cfg: PretrainConfig, img_size: Union[int, List[int]], in_chans: int) -> Dict[str, Any]:
     """The :class:`VimConfig` fields the pretraining flags change on the registered model (``arch["overrides"]``).
 
     Pretraining needs non-overlapping patches, so the stride always equals the patch size."""
