@@ -14,8 +14,8 @@ from PIL import Image
 from vimamba.cli import main as cli_main
 from vimamba.models import CheckpointError, VimConfig, VisionMamba, save_weights
 from vimamba.ops import selective_scan_reference
-from vimamba.pretrain import (AR_BACKWARD_CLONE_MAP, ARObjective, ForwardOnlyVim, MAEObjective, config_for,
-                              effective_lr, init_classifier_from_pretraining, knn_predict,
+from vimamba.pretrain import (AR_BACKWARD_CLONE_MAP, ARObjective, ForwardOnlyVim, MAEObjective,
+                              init_classifier_from_pretraining, knn_predict,
                               save_pretraining_checkpoint, save_reconstruction_grid)
 from vimamba.pretrain.causal import ForwardOnlyMixer
 from vimamba.pretrain.probe import train_linear_probe
@@ -269,16 +269,6 @@ def test_a_labelled_checkpoint_is_not_a_pretraining_checkpoint(tmp_path, seed):
         init_classifier_from_pretraining(VisionMamba(encoder_cfg(num_classes=3)), tmp_path / "bare.pth")
 
 
-def test_pretraining_configs_carry_the_mae_recipe():
-    ar, mae = config_for("ar"), config_for("mae", batch_size=512)
-    assert (mae.opt_betas, mae.weight_decay, mae.blr, mae.scale, mae.mask_ratio) == ((0.9, 0.95), 0.05, 1.5e-4,
-                                                                                    (0.2, 1.0), 0.75)
-    assert ar.cluster_size == 4 and ar.clip_grad == 3.0
-    assert effective_lr(mae, global_batch=512) == pytest.approx(3e-4)
-    with pytest.raises(ValueError, match="mask_ratio"):
-        config_for("ar", mask_ratio=0.5)
-
-
 # ---------------------------------------------------------------------------------------------------- probes
 def test_knn_weighted_and_majority_votes_match_the_closed_form():
     # query along x; one neighbour of class 1 at cosine 0.99, two of class 0 at cosine 0.5, the rest far away
@@ -351,29 +341,29 @@ def test_reconstruction_grid_is_written(tmp_path, seed):
 
 
 def test_unlabelled_images_at_any_depth_and_unreadable_ones_skipped(tmp_path):
-    from vimamba.pretrain.data import open_unlabelled
+    from vimamba.pretrain.data import resolve_unlabelled
 
     for i, sub in enumerate(["a", "a/b", "c/d/e", ".hidden"]):
         (tmp_path / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((5, 7, 3), 30 * i, np.uint8)).save(tmp_path / sub / f"{i}.png")
     (tmp_path / "a" / "broken.jpg").write_bytes(b"not an image")
     (tmp_path / "notes.txt").write_text("ignored")
-    ds = open_unlabelled(None, tmp_path, in_chans=1)
+    ds = resolve_unlabelled(None, tmp_path, heldout_images=0).train(None, in_chans=1)
     assert len(ds) == 4  # three images + the broken one; not the hidden folder or the text file
     items = [ds[i] for i in range(len(ds))]
     assert sum(item is None for item in items) == 1
     assert all(item[1] == 0 and item[0].mode == "L" for item in items if item is not None)
     (tmp_path / "train" / "x").mkdir(parents=True)
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "train" / "x" / "only.png")
-    assert len(open_unlabelled(None, tmp_path)) == 1  # an ImageNet-layout folder: its train split
+    # an ImageNet-layout folder: its train split
+    assert len(resolve_unlabelled(None, tmp_path, heldout_images=0).train(None, in_chans=3)) == 1
 
 
 def test_ssl_finetune_recipe_decays_the_learning_rate_by_layer():
     from vimamba.train.config import resolve_config
     from vimamba.engine.optim import build_param_groups
 
-    cfg = resolve_config({"recipe": "ssl_finetune", "data": "somewhere"})
-    cfg = cfg.engine
+    cfg = resolve_config({"recipe": "ssl_finetune", "data": "somewhere"}).engine
     assert (cfg.layer_decay, cfg.epochs, cfg.weight_decay, cfg.opt_betas) == (0.75, 100, 0.05, (0.9, 0.999))
     model = VisionMamba(encoder_cfg(num_classes=3, depth=3))
     scales = {}

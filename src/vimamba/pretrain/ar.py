@@ -98,8 +98,10 @@ class ARObjective(nn.Module):
         pred = self.decoder_pred(self.decoder_norm(queries))
         return dict(pred=pred, order=order, grid=torch.tensor(grid), cluster_len=torch.tensor(n))
 
-    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """(loss, outputs): MSE over every target patch of clusters 2..K in normalised pixels."""
+    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None
+                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(loss, outputs): MSE over every target patch of clusters 2..K in normalised pixels. (``generator``:
+        the objectives' common signature; next-cluster prediction draws no random numbers.)"""
         out = self.predict(images)
         n = int(out["cluster_len"])
         target = normalised_patches(images, self.patch_size)[:, out["order"][n:]]
@@ -116,7 +118,8 @@ class ARObjective(nn.Module):
         return self.encoder(tokens[:, order]).mean(dim=1)
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(self, images: torch.Tensor, generator: Optional[torch.Generator] = None
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(visible input, prediction) as images like ``images``, for a picture grid.
 
         The visible input is the first cluster (the only one never predicted; other pixels 0). The prediction shows

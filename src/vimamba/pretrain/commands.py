@@ -1,7 +1,9 @@
-"""Pretraining subcommands: ``vimamba probe`` (k-NN / linear probe of frozen features).
+"""Pretraining subcommands: ``vimamba pretrain`` (a task of the training engine) and ``vimamba probe`` (k-NN /
+linear probe of frozen features).
 
-``vimamba pretrain`` itself waits for the step-counted training engine (issue 11); its configuration, objectives,
-checkpoints and reconstructions are in this package already (docs/pretraining.md).
+``vimamba pretrain``'s flags are generated from the objectives' configs and the engine's
+(:func:`vimamba.engine.config.add_config_flags`): one flag per field, the defaults shown being the objective's (MAE's
+recipe for the engine's fields, :attr:`~.config.PretrainConfig.ENGINE_DEFAULTS`).
 """
 from __future__ import annotations
 
@@ -9,10 +11,104 @@ import argparse
 import ast
 import json
 import sys
+from dataclasses import fields
 from typing import Any, Dict, List
 
 from ..cli_args import image_size, non_negative_int, positive_float, positive_int
 
+
+# ---------------------------------------------------------------------------------------------------- pretrain
+def _objective_defaults(objective: str) -> Dict[str, Any]:
+    """Every flag's default for one objective: the engine's fields with the pretraining recipe, and the objective's."""
+    from ..engine.config import EngineConfig, field_defaults
+    from .config import OBJECTIVES
+
+    cls = OBJECTIVES[objective]
+    return {**field_defaults(EngineConfig), **cls.ENGINE_DEFAULTS, **field_defaults(cls)}
+
+
+def _shown_defaults() -> Dict[str, Any]:
+    """The default each flag's help shows: the value, or "ar X, mae Y" where the objectives differ."""
+    from ..engine.config import show_value
+    from .config import OBJECTIVES
+
+    per_objective = {name: _objective_defaults(name) for name in OBJECTIVES}
+    shown: Dict[str, Any] = {}
+    for field_name in {k for defaults in per_objective.values() for k in defaults}:
+        values = {name: defaults[field_name] for name, defaults in per_objective.items() if field_name in defaults}
+        if len({show_value(v) for v in values.values()}) == 1:
+            shown[field_name] = next(iter(values.values()))
+        else:
+            shown[field_name] = ", ".join(f"{name} {show_value(v)}" for name, v in values.items())
+    return shown
+
+
+def _register_pretrain(subparsers) -> None:
+    from ..engine.config import EngineConfig, add_config_flags, show_value
+    from .config import OBJECTIVES, PretrainConfig
+
+    p = subparsers.add_parser(
+        "pretrain", help="self-supervised pretraining of a Vim on unlabelled images (ar or mae)",
+        description="Pretrain a Vim encoder without labels: --objective ar (ARM: a forward-only Vim predicts the next "
+                    "cluster of patches) or mae (masked autoencoding, the kept patches in raster order). Any folder "
+                    "of images (nested folders allowed, labels ignored), an ImageNet-layout folder or a named dataset. "
+                    "The run folder holds last.pth / best.pth (lowest held-out loss), metrics.jsonl, curves.png, "
+                    "summary.json and reconstructions/step_N.png; fine-tune with `vimamba train --init "
+                    "OUT/last.pth`, probe with `vimamba probe --checkpoint OUT/last.pth`. Defaults: MAE's recipe.",
+        epilog="examples:\n"
+               "  vimamba pretrain --data ~/photos --objective mae --img-size 192 --output runs/mae\n"
+               "  vimamba pretrain --dataset fashion-mnist --objective ar --img-size 32 --patch-size 4 "
+               "--cluster-size 2 --embed-dim 96 --depth 6 --decoder-dim 64 --decoder-depth 2 --output runs/ar\n"
+               "  vimamba pretrain --resume runs/ar/last.pth",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--objective", choices=sorted(OBJECTIVES), default=argparse.SUPPRESS,
+                   help="ar: next-cluster prediction (ARM); mae: masked autoencoding (required unless --resume)")
+    shown = _shown_defaults()
+    titles = {"data": "data and held-out images", "model": "encoder", "objective": "decoder",
+              "augmentation": "augmentation (MAE's)", "ar": "--objective ar (next-cluster prediction, ARM)",
+              "mae": "--objective mae (masked autoencoding)"}
+    add_config_flags(p, [PretrainConfig], defaults=shown, group_titles=titles)
+    shared = [f.name for f in fields(PretrainConfig)]
+    for cls in OBJECTIVES.values():  # each objective's own fields, in a section of their own
+        add_config_flags(p, [cls], defaults=shown, group_titles=titles, skip=shared)
+    # an engine help text that states its own default ("default: off") would hide the pretraining one: say it
+    restated = {f.name: f"pretraining default: {show_value(shown[f.name])}" for f in fields(EngineConfig)
+                if "default:" in f.metadata.get("help", "") and show_value(shown[f.name]) != show_value(f.default)}
+    add_config_flags(p, [EngineConfig], defaults=shown, notes=restated)
+    p.set_defaults(func=_pretrain)
+
+
+def _pretrain(args) -> int:
+    from ..engine.checkpointing import load_training_checkpoint
+    from ..engine.config import EngineConfig, explicit_values
+    from ..engine.loop import run
+    from .config import OBJECTIVES, pretrain_configs
+    from .training import PretrainTask
+
+    explicit = explicit_values(args, [EngineConfig, *OBJECTIVES.values()])
+    objective = getattr(args, "objective", None)
+    values: Dict[str, Any] = {}
+    if explicit.get("resume"):
+        saved = load_training_checkpoint(explicit["resume"]).get("config") or {}
+        saved_objective = saved.get("objective")
+        if saved_objective not in OBJECTIVES:
+            raise ValueError(f"'{explicit['resume']}' is not a pretraining run (no objective in its configuration); "
+                             "resume it with the command that started it")
+        if objective is not None and objective != saved_objective:
+            raise ValueError(f"'{explicit['resume']}' is a {saved_objective} pretraining run; it cannot continue as "
+                             f"--objective {objective}")
+        objective = saved_objective
+        known = {f.name for cls in (EngineConfig, OBJECTIVES[objective]) for f in fields(cls)}
+        values = {k: v for k, v in saved.items() if k in known and k not in ("resume", "output", "overwrite")}
+    if objective is None:
+        raise ValueError("pass --objective ar (next-cluster prediction) or --objective mae (masked autoencoding)")
+    task_cfg, engine_cfg = pretrain_configs(objective, {**values, **explicit})
+    engine_cfg.check()
+    result = run(PretrainTask(task_cfg, seed=engine_cfg.seed), engine_cfg)
+    return result.exit_code
+
+
+# ---------------------------------------------------------------------------------------------------- probe
 def _parse_overrides(items: List[str]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for item in items or []:
@@ -27,6 +123,11 @@ def _parse_overrides(items: List[str]) -> Dict[str, Any]:
 
 
 def register(subparsers) -> None:
+    _register_pretrain(subparsers)
+    _register_probe(subparsers)
+
+
+def _register_probe(subparsers) -> None:
     p = subparsers.add_parser(
         "probe", help="k-NN / linear-probe accuracy of a model's frozen features",
         description="Evaluate frozen features: k-NN (k=20, cosine, DINO's exp(sim/T) weighted vote) or a linear probe "

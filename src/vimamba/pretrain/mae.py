@@ -39,9 +39,13 @@ __all__ = ["MAEObjective", "random_sorted_keep"]
 
 def random_sorted_keep(batch: int, num_patches: int, num_keep: int, device=None,
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """(B, num_keep) indices of a uniformly random subset of patches per image, ascending (raster order)."""
-    noise = torch.rand(batch, num_patches, device=device, generator=generator)
-    return noise.argsort(dim=1)[:, :num_keep].sort(dim=1).values
+    """(B, num_keep) indices of a uniformly random subset of patches per image, ascending (raster order).
+
+    The noise is drawn on the generator's device (``device`` when there is no generator), then moved to ``device``.
+    """
+    noise = torch.rand(batch, num_patches, device=generator.device if generator is not None else device,
+                       generator=generator)
+    return noise.argsort(dim=1)[:, :num_keep].sort(dim=1).values.to(device)
 
 
 class MAEObjective(nn.Module):
@@ -83,17 +87,19 @@ class MAEObjective(nn.Module):
         return max(1, int(num_patches * (1 - self.mask_ratio)))
 
     # ------------------------------------------------------------------ the objective
-    def encode_visible(self, images: torch.Tensor, keep: Optional[torch.Tensor] = None
+    def encode_visible(self, images: torch.Tensor, keep: Optional[torch.Tensor] = None,
+                       generator: Optional[torch.Generator] = None
                        ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int]]:
         """Encoder features (B, n_keep + 1, D) of the kept patches (class token in the middle), the kept raster
-        indices (B, n_keep), and the patch grid. ``keep`` (sorted indices) overrides the random choice."""
+        indices (B, n_keep), and the patch grid. ``keep`` (sorted indices) overrides the random choice;
+        ``generator`` draws it (a fixed mask for evaluation and pictures; default: the global RNG)."""
         enc = self.encoder
         tokens, grid = enc.patch_embed(images)
         b, m, _ = tokens.shape
         cls_pos, patch_pos = split_pos_embed(enc._pos_embed_for(grid))
         tokens = tokens + patch_pos
         if keep is None:
-            keep = random_sorted_keep(b, m, self.num_keep(m), device=images.device)
+            keep = random_sorted_keep(b, m, self.num_keep(m), device=images.device, generator=generator)
         kept = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         x = insert_cls_token(kept, (enc.cls_token + cls_pos).expand(b, -1, -1))
         x = enc.pos_drop(x)
@@ -103,8 +109,9 @@ class MAEObjective(nn.Module):
             x, _ = enc._run_block(block, x)
         return enc.norm_f(x), keep, grid
 
-    def predict(self, images: torch.Tensor, keep: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        feats, keep, grid = self.encode_visible(images, keep)
+    def predict(self, images: torch.Tensor, keep: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        feats, keep, grid = self.encode_visible(images, keep, generator)
         b, m = feats.shape[0], grid[0] * grid[1]
         x = self.decoder_embed(feats)
         cls_feature = x[:, keep.shape[1] // 2: keep.shape[1] // 2 + 1]
@@ -119,10 +126,10 @@ class MAEObjective(nn.Module):
         mask = torch.ones(b, m, device=images.device).scatter(1, keep, 0.0)  # 1 = masked (predicted), 0 = kept
         return dict(pred=pred, mask=mask, keep=keep, grid=torch.tensor(grid))
 
-    def forward(self, images: torch.Tensor, keep: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward(self, images: torch.Tensor, keep: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """(loss, outputs): normalised-pixel MSE averaged over the masked patches only."""
-        out = self.predict(images, keep)
+        out = self.predict(images, keep, generator)
         target = normalised_patches(images, self.patch_size)
         per_patch = (out["pred"].float() - target).pow(2).mean(dim=-1)
         loss = (per_patch * out["mask"]).sum() / out["mask"].sum().clamp(min=1)
@@ -137,11 +144,11 @@ class MAEObjective(nn.Module):
         return remove_cls_token(tokens).mean(dim=1) if pool == "avg" else tokens[:, (tokens.shape[1] - 1) // 2]
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, keep: Optional[torch.Tensor] = None
-                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(self, images: torch.Tensor, keep: Optional[torch.Tensor] = None,
+                    generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(visible input with masked patches at 0, prediction: kept patches as given + masked ones predicted,
         de-normalised with each true patch's mean and std)."""
-        out = self.predict(images, keep)
+        out = self.predict(images, keep, generator)
         grid = tuple(int(g) for g in out["grid"])
         patches = patchify(images.float(), self.patch_size)
         mean = patches.mean(dim=-1, keepdim=True)

@@ -73,7 +73,8 @@ def load_feature_model(checkpoint: str, *, pool: str = "avg", as_classifier: boo
     """A :class:`FeatureModel` for ``random:NAME``, a pretraining checkpoint, or any classifier checkpoint."""
     from ..models.registry import create_model
     from ..models.vim import VisionMamba
-    from .transfer import (PRETRAINING_KEY, classifier_from_pretraining, objective_from_pretraining,
+    from ..checkpoints.format import load_checkpoint_file
+    from .transfer import (classifier_from_pretraining, is_pretraining_checkpoint, objective_from_pretraining,
                            read_pretraining_checkpoint)
 
     if pool not in ("avg", "token"):
@@ -93,16 +94,10 @@ def load_feature_model(checkpoint: str, *, pool: str = "avg", as_classifier: boo
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: '{path}' (for a randomly initialised model pass "
                                 f"{RANDOM_PREFIX}MODEL_NAME)")
-    record = None
-    if path.suffix != ".safetensors":
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            record = obj.get(PRETRAINING_KEY) if isinstance(obj, dict) else None
-        except Exception:  # unreadable here: the classifier loader explains
-            record = None
-    if record is not None:
-        ckpt = read_pretraining_checkpoint(path)
-        pre = Preprocessing.from_dict(record["preprocessing"]) if record.get("preprocessing") else None
+    obj = load_checkpoint_file(path, trust_pickle=trust_pickle) if path.suffix != ".safetensors" else None
+    if is_pretraining_checkpoint(obj):
+        ckpt = read_pretraining_checkpoint(obj, where=f"'{path}'")
+        pre = Preprocessing.from_dict(ckpt.preprocessing) if ckpt.preprocessing else None
         if as_classifier:
             model, report = classifier_from_pretraining(ckpt, num_classes=0, **overrides)
             return FeatureModel(_classifier_features(model, pool), model, pre,

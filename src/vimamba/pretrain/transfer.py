@@ -1,10 +1,12 @@
 """Pretraining checkpoints, and a bidirectional Vim classifier initialised from one.
 
-A pretraining checkpoint is a torch file ``{"model": objective.state_dict(), "pretraining": record}`` where the
-record says what was pretrained: ``{"objective": "ar"|"mae", "encoder_config": VimConfig fields,
-"objective_kwargs": the objective's constructor arguments, "objective_config": the run's config,
-"preprocessing": ...}``. The objective's keys are ``encoder.*`` (the Vim) and the decoder's
-(``decoder_*``, ``ar_token``, ``mask_token``).
+A pretraining checkpoint is what ``vimamba pretrain`` writes: the checkpoint format every run writes
+(:mod:`vimamba.checkpoints.format`, version 2) with ``task == "pretraining"``, ``arch`` the encoder and
+``task_config = {"objective": "ar"|"mae", "objective_kwargs": the objective's constructor arguments,
+"encoder_config": the encoder's VimConfig fields}``. Files of earlier vimamba versions,
+``{"model": objective.state_dict(), "pretraining": {"objective", "encoder_config", "objective_kwargs",
+"objective_config", "preprocessing"}}``, are read too. The objective's keys are ``encoder.*`` (the Vim) and the
+decoder's (``decoder_*``, ``ar_token``, ``mask_token``).
 
 :func:`init_classifier_from_pretraining` puts the encoder into a normal (bidirectional) :class:`VisionMamba`:
 
@@ -19,10 +21,7 @@ record says what was pretrained: ``{"objective": "ar"|"mae", "encoder_config": V
 """
 from __future__ import annotations
 
-import argparse
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -30,17 +29,20 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..checkpoints.format import is_current_format, load_checkpoint_file, make_checkpoint
 from ..io import atomic_torch_save
 from ..models.checkpoint import CLASS_NAMES_KEY, CheckpointError, clean_state_dict
 from ..models.pos_embed import insert_cls_token, remove_cls_token, resize_pos_embed, split_pos_embed
+from ..models.variants import find_registered_name
 from ..models.vim import VimConfig, VisionMamba
 
-__all__ = ["PRETRAINING_KEY", "AR_BACKWARD_CLONE_MAP", "PretrainingCheckpoint", "InitReport",
-           "pretraining_record", "save_pretraining_checkpoint", "read_pretraining_checkpoint",
+__all__ = ["PRETRAINING_KEY", "PRETRAINING_TASK", "AR_BACKWARD_CLONE_MAP", "PretrainingCheckpoint", "InitReport",
+           "is_pretraining_checkpoint", "save_pretraining_checkpoint", "read_pretraining_checkpoint",
            "init_classifier_from_pretraining", "classifier_from_pretraining", "objective_from_pretraining"]
 
 PathLike = Union[str, os.PathLike]
-PRETRAINING_KEY = "pretraining"
+PRETRAINING_KEY = "pretraining"  # the record of the files earlier vimamba versions wrote
+PRETRAINING_TASK = "pretraining"  # the checkpoint task of `vimamba pretrain`
 ENCODER_PREFIX = "encoder."
 
 # forward-branch parameter of a mixer -> the backward-branch parameter it is cloned into (names in vim.py)
@@ -71,6 +73,11 @@ class PretrainingCheckpoint:
         cfg = self.record.get("encoder_config")
         return VimConfig.from_dict({k: v for k, v in cfg.items() if k != "scan_impl"}) if cfg else None
 
+    @property
+    def preprocessing(self) -> Optional[Dict[str, Any]]:
+        """How the pretraining images were prepared (a :class:`~vimamba.data.transforms.Preprocessing` dict)."""
+        return self.record.get("preprocessing")
+
 
 @dataclass
 class InitReport:
@@ -94,24 +101,31 @@ class InitReport:
 
 
 # ---------------------------------------------------------------------------------------------------- files
-def pretraining_record(objective: nn.Module, config: Optional[Mapping[str, Any]] = None,
-                       preprocessing: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """What a pretraining checkpoint records besides the weights (the engine adds it to its checkpoints)."""
-    encoder_config = objective.encoder.cfg.to_dict()
-    encoder_config.pop("scan_impl", None)
-    return {"objective": objective.objective, "encoder_config": encoder_config,
-            "objective_kwargs": dict(objective.hparams),
-            "objective_config": dict(config) if config is not None else None,
-            "preprocessing": dict(preprocessing) if preprocessing is not None else None}
-
-
 def save_pretraining_checkpoint(objective: nn.Module, path: PathLike, config: Optional[Mapping[str, Any]] = None,
                                 preprocessing: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write the objective's weights with their :func:`pretraining_record`, atomically."""
-    state = {k: v.detach().cpu() for k, v in objective.state_dict().items()}
-    payload = {"model": state, PRETRAINING_KEY: pretraining_record(objective, config, preprocessing)}
+    """Write an objective's weights as a weights-only pretraining checkpoint of the current format, atomically.
+
+    For objectives trained outside ``vimamba pretrain`` (experiments, tests); the command's own checkpoints come
+    from the engine. ``arch`` names the registered Vim of the same shape when there is one, and its overrides hold
+    the whole encoder config, so the architecture is rebuilt exactly either way."""
+    encoder_config = objective.encoder.cfg.to_dict()
+    encoder_config.pop("scan_impl", None)
+    arch = {"name": find_registered_name(encoder_config) or "vim_tiny_patch16_224", "family": "vim",
+            "overrides": encoder_config}
+    payload = make_checkpoint(
+        task=PRETRAINING_TASK, arch=arch, model={k: v.detach().cpu() for k, v in objective.state_dict().items()},
+        task_config={"objective": objective.objective, "objective_kwargs": dict(objective.hparams),
+                     "encoder_config": encoder_config},
+        preprocessing=preprocessing, config=config)
     atomic_torch_save(payload, path)
     return Path(path)
+
+
+def is_pretraining_checkpoint(obj: Any) -> bool:
+    """Whether a loaded checkpoint dict is a pretraining checkpoint (current format, or an earlier record)."""
+    if is_current_format(obj):
+        return obj.get("task") == PRETRAINING_TASK
+    return isinstance(obj, dict) and isinstance(obj.get(PRETRAINING_KEY), dict)
 
 
 def _labelled_error(where: str, why: str) -> CheckpointError:
@@ -121,29 +135,48 @@ def _labelled_error(where: str, why: str) -> CheckpointError:
         "`vimamba train --finetune CKPT`")
 
 
-def read_pretraining_checkpoint(source: Union[PathLike, Mapping[str, Any]], objective: Optional[str] = None
-                                ) -> PretrainingCheckpoint:
+def _from_current_format(obj: Dict[str, Any], where: str, objective: Optional[str]) -> PretrainingCheckpoint:
+    """A format-2 checkpoint as a :class:`PretrainingCheckpoint`; any other task is refused by name."""
+    task = obj.get("task")
+    if task != PRETRAINING_TASK:
+        if task == "classification":
+            raise _labelled_error(where, f"it has {len(obj.get('class_names') or [])} classes")
+        raise CheckpointError(f"{where} is a {task} checkpoint, not a pretraining checkpoint; initialisation from "
+                              "pretraining takes the output of `vimamba pretrain`")
+    task_config = obj.get("task_config") or {}
+    name, state = task_config.get("objective"), obj.get("model")
+    if not isinstance(state, dict) or not isinstance(task_config.get("encoder_config"), dict):
+        raise CheckpointError(f"{where} is a pretraining checkpoint without its weights ('model') or its encoder "
+                              "config (task_config['encoder_config']); the file is damaged")
+    if objective is not None and name != objective:
+        raise CheckpointError(f"{where} holds {name!r} pretraining, not {objective!r}")
+    record = {"objective": name, "encoder_config": task_config["encoder_config"],
+              "objective_kwargs": task_config.get("objective_kwargs") or {}, "objective_config": obj.get("config"),
+              "preprocessing": obj.get("preprocessing"), "step": obj.get("step")}
+    return PretrainingCheckpoint(str(name), clean_state_dict(state), record, where)
+
+
+def read_pretraining_checkpoint(source: Union[PathLike, Mapping[str, Any]], objective: Optional[str] = None, *,
+                                where: Optional[str] = None) -> PretrainingCheckpoint:
     """Open a pretraining checkpoint (a path or an already loaded dict), refusing anything else clearly.
 
-    A bare objective state_dict (``encoder.*`` keys, no record) is accepted when ``objective`` is given.
+    Reads the current format (``task == "pretraining"``) and the records of earlier vimamba versions. A bare
+    objective state_dict (``encoder.*`` keys, no record) is accepted when ``objective`` is given. ``where`` names
+    an already loaded dict in messages.
     """
-    where = f"'{source}'" if isinstance(source, (str, os.PathLike)) else "the given checkpoint"
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"pretraining checkpoint not found: '{path}'")
-        if path.suffix == ".safetensors":
+        where = f"'{path}'"
+        if path.suffix == ".safetensors" and path.is_file():
             raise _labelled_error(where, "a .safetensors export holds classifier weights")
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-            raise CheckpointError(f"could not read {where} as a PyTorch checkpoint ({type(e).__name__}: {e}); the "
-                                  "file may be truncated or not a checkpoint") from e
+        obj = load_checkpoint_file(path)
     else:
+        where = where or "the given checkpoint"
         obj = dict(source)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{where} holds a {type(obj).__name__}, not a pretraining checkpoint")
+    if is_current_format(obj):
+        return _from_current_format(obj, where, objective)
 
     record = obj.get(PRETRAINING_KEY)
     if isinstance(record, dict):

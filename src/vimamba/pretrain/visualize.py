@@ -57,12 +57,14 @@ def save_reconstruction_grid(images: torch.Tensor, visible: torch.Tensor, predic
 @torch.no_grad()
 def write_reconstructions(objective: torch.nn.Module, images: torch.Tensor, path: PathLike,
                           mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                          title: Optional[str] = None) -> Path:
-    """Run ``objective.reconstruct`` on fixed test images (eval mode, then restored) and write the grid."""
+                          title: Optional[str] = None, generator: Optional[torch.Generator] = None) -> Path:
+    """Run ``objective.reconstruct`` on fixed test images (eval mode, then restored) and write the grid.
+
+    ``generator`` draws the objective's random choices (MAE's mask), so that pictures of one run are comparable."""
     was_training = objective.training
     objective.eval()
     try:
-        visible, prediction = objective.reconstruct(images)
+        visible, prediction = objective.reconstruct(images, generator=generator)
     finally:
         objective.train(was_training)
     return save_reconstruction_grid(images, visible, prediction, path, mean, std, title)
