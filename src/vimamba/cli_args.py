@@ -15,16 +15,21 @@ that come from Python (``TrainConfig`` fields): they accept numbers as well as t
 ``image_size``           a positive integer no smaller than ``IMAGE_SIZE_MIN`` (one pixel); models check it
                          against their patch size where that is known
 =======================  ==========================================================
+
+:func:`parse_settings` reads the ``KEY=VALUE`` lists of flags such as ``--override`` and ``--model-args``.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Optional, Sequence
+
 from .errors import InputError
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
-           "unit_interval_open", "image_size", "at_least", "check_image_size", "IMAGE_SIZE_MIN"]
+           "unit_interval_open", "image_size", "at_least", "check_image_size", "IMAGE_SIZE_MIN",
+           "parse_settings"]
 
 IMAGE_SIZE_MIN = 1
 
@@ -83,3 +88,25 @@ def check_image_size(size: int, patch_size: int, flag: str = "--img-size") -> No
     if size < patch_size:
         raise InputError(f"{flag} {size} is smaller than the patch size {patch_size}: the image would have no "
                          "patches")
+
+
+def parse_settings(items: Optional[Sequence[str]], flag: str) -> Dict[str, Any]:
+    """``["embed_dim=32", "global-pool=avg", "img_size=[512, 256]"]`` -> ``{"embed_dim": 32, "global_pool": "avg",
+    "img_size": [512, 256]}``: values are Python literals (JSON's true/false/null too), anything else a string;
+    dashes in keys become underscores. ``flag`` names the option in the error for a malformed item."""
+    settings: Dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise InputError(f"{flag} takes KEY=VALUE settings (e.g. embed_dim=96), got {item!r}")
+        text = text.strip()
+        try:
+            settings[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            settings[key] = _JSON_WORDS.get(text, text)
+    return settings
+
+
+_JSON_WORDS = {"true": True, "false": False, "null": None}
+

@@ -10,7 +10,7 @@ import errno as _errno
 import os
 from typing import Optional, Union
 
-__all__ = ["UserError", "InputError", "UnknownNameError", "ArgumentsError", "MissingFileError", "FileSystemError", "file_system_error"]
+__all__ = ["UserError", "InputError", "UnknownNameError", "ArgumentsError", "MissingFileError", "DownloadError", "FileSystemError", "file_system_error"]
 
 
 class UserError(Exception):
@@ -37,6 +37,10 @@ class UnknownNameError(InputError, KeyError):
 
 class ArgumentsError(UserError, TypeError):
     """Keyword arguments a function does not take (e.g. a model setting that does not exist): a ``TypeError`` too."""
+
+
+class DownloadError(UserError, RuntimeError):
+    """Weights or data that could not be downloaded (no network, a moved file): says how to get them by hand."""
 
 
 class FileSystemError(UserError, OSError):

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import shlex
 import signal
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
-from ..cli_args import image_size, non_negative_int, positive_float, positive_int
+from ..cli_args import image_size, non_negative_int, parse_settings, positive_float, positive_int
 from ..errors import InputError
 
 DEFAULT_MODELS = ["vim_tiny_patch16_224", "deit_tiny_patch16_224"]
@@ -69,19 +68,6 @@ def register(subparsers) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
-def _parse_model_args(items: Sequence[str]) -> Dict[str, object]:
-    parsed: Dict[str, object] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise InputError(f"--model-args takes KEY=VALUE pairs (e.g. depth=2), got {item!r}")
-        try:
-            parsed[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            parsed[key] = text  # a plain string, e.g. global_pool=avg
-    return parsed
-
-
 def _validate(args) -> None:
     import torch
 
@@ -159,7 +145,7 @@ def _bench(args) -> int:
         return 0
 
     _validate(args)
-    model_args = _parse_model_args(args.model_args)
+    model_args = parse_settings(args.model_args, "--model-args")
     configs = _configurations(args, model_args)
     return _measure(args, configs, Path(args.output or DEFAULT_OUTPUT))
 
@@ -176,7 +162,7 @@ def _measure(args, configs, output: Path) -> int:
         "settings": dict(
             models=args.models, resolutions=args.resolutions, batch_size=args.batch_size, device=args.device,
             dtype=args.dtype, mode=args.mode, attention=args.attention, scan_impl=args.scan_impl,
-            model_args=_parse_model_args(args.model_args), warmup=args.warmup, repeats=args.repeats,
+            model_args=parse_settings(args.model_args, "--model-args"), warmup=args.warmup, repeats=args.repeats,
             time_budget_s=args.time_budget, timeout_s=args.timeout, threads=args.threads,
             max_memory_gb=args.max_memory_gb, allow_tf32=args.tf32,
             memory_probe=MemoryProbe(args.device).description),

@@ -37,6 +37,7 @@ from ..models.variants import find_registered_name, model_config, resolve_name
 from ..models.vim import VimConfig
 from .format import FORMAT, FORMAT_VERSION, TASKS, CheckpointFormatError, is_current_format, load_checkpoint_file
 from .state_dicts import EMA_KEYS, clean_state_dict, describe_foreign, infer_config, is_state_dict, select_weights
+from ..errors import InputError, MissingFileError
 
 __all__ = ["RunCheckpoint", "read_checkpoint", "build_model", "load_model", "vim_arch", "dense_config",
            "pretraining_checkpoint",
@@ -111,7 +112,7 @@ class RunCheckpoint:
         """``(state_dict, where it came from)``: the trained weights ("model"), the EMA ones ("ema"), or the trained
         weights else the EMA ones ("auto")."""
         if weights not in ("auto", "model", "ema"):
-            raise ValueError(f"weights must be 'auto', 'model' or 'ema', got {weights!r}")
+            raise InputError(f"weights must be 'auto', 'model' or 'ema', got {weights!r}")
         if weights == "ema":
             if self.ema_weights is None:
                 raise CheckpointFormatError(f"{self.where} has no EMA weights ({self.source_format} file); leave out "
@@ -269,7 +270,7 @@ def _read_safetensors(path: Path) -> RunCheckpoint:
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
+        raise MissingFileError(f"checkpoint not found: '{path}'", path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
@@ -330,7 +331,7 @@ def _check_task(ckpt: RunCheckpoint, task: Union[None, str, Sequence[str]]) -> s
     wanted = (task,) if isinstance(task, str) else tuple(task or ())
     unknown = [t for t in wanted if t not in TASKS]
     if unknown:
-        raise ValueError(f"task must be one of {TASKS}, got {unknown}")
+        raise InputError(f"task must be one of {TASKS}, got {unknown}")
     if wanted and ckpt.task not in wanted:
         raise CheckpointFormatError(f"{ckpt.where} is a {ckpt.task} checkpoint, not a {' or '.join(wanted)} one: "
                                     f"{_USES[ckpt.task]}")
@@ -349,7 +350,7 @@ def build_model(ckpt: RunCheckpoint, *, use_ema: bool = False, task: Union[None,
     weights, key = ckpt.select("ema" if use_ema else "auto")
     overrides = dict(overrides or {})
     if overrides and not (found == "classification" and ckpt.arch and ckpt.arch["family"] == "vim"):
-        raise ValueError(f"overrides ({sorted(overrides)}) apply to Vim classifiers, not to {ckpt.describe()}")
+        raise InputError(f"overrides ({sorted(overrides)}) apply to Vim classifiers, not to {ckpt.describe()}")
     if found == "classification":
         model = _build_classifier(ckpt, weights, key, overrides)
     elif found in DENSE_TASKS:

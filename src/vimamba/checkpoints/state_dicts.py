@@ -14,6 +14,7 @@ import torch
 
 from ..models.pos_embed import infer_square_grid
 from .format import CheckpointFormatError
+from ..errors import InputError
 
 __all__ = ["clean_state_dict", "is_state_dict", "MODEL_KEYS", "EMA_KEYS", "select_weights", "infer_config",
            "describe_foreign"]
@@ -50,7 +51,7 @@ def select_weights(obj: Any, weights: str = "auto",
     trained weights ("model"), the EMA weights ("ema"), or the trained weights else the EMA ones ("auto").
     """
     if weights not in ("auto", "model", "ema"):
-        raise ValueError(f"weights must be 'auto', 'model' or 'ema', got {weights!r}")
+        raise InputError(f"weights must be 'auto', 'model' or 'ema', got {weights!r}")
     if is_state_dict(obj):
         if weights == "ema":
             raise CheckpointFormatError(f"{where} is a bare state_dict; it has no EMA weights")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List
 
 from ..cli_args import image_size, non_negative_int, positive_int, probability
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from .training import DETECTION_DEFAULTS, SEGMENTATION_DEFAULTS, DetectionConfig, SegmentationConfig
 
 __all__ = ["register"]
@@ -98,9 +98,9 @@ def _input_images(paths: List[str]) -> List[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"no such image or folder: '{path}'")
+            raise MissingFileError(f"no such image or folder: '{path}'", path)
     if not files:
-        raise FileNotFoundError(f"no images found in {paths}")
+        raise InputError(f"no images found in {paths}")
     return files
 
 

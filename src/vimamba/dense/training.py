@@ -16,7 +16,6 @@ they describe.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -24,7 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..cli_args import image_size, non_negative_float, non_negative_int, positive_float, positive_int
+from ..cli_args import (image_size, non_negative_float, non_negative_int, parse_settings, positive_float,
+                        positive_int)
 from ..engine.config import ConfigMixin
 from ..engine.config import option as _f
 from ..engine.distributed import print_once
@@ -72,7 +72,7 @@ class BackboneOptions(ConfigMixin):
 
     def backbone_config(self, img_size: Sequence[int], **fixed: Any) -> BackboneConfig:
         """The backbone settings; the position embedding is stored for the training size."""
-        vim = {"img_size": list(img_size), **parse_overrides(self.vim)}
+        vim = {"img_size": list(img_size), **parse_settings(self.vim, "--vim")}
         settings: Dict[str, Any] = dict(model=self.backbone, vim=vim, feature=self.feature, norm=self.feature_norm)
         if self.out_indices is not None:
             settings["out_indices"] = tuple(self.out_indices)
@@ -129,20 +129,6 @@ class DetectionConfig(BackboneOptions):
                                    "rpn_post_nms_top_n_test=300", "head", metavar="KEY=VALUE")
     feature: str = _f("residual", "block feature: mixer output or residual stream", "backbone",
                       choices=("mixer", "residual"))
-
-
-def parse_overrides(pairs: Optional[Sequence[str]]) -> Dict[str, object]:
-    """``["embed_dim=32", "img_size=512"]`` -> ``{"embed_dim": 32, "img_size": 512}`` (values parsed as JSON)."""
-    out: Dict[str, object] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise InputError(f"expected key=value settings (e.g. embed_dim=192), got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- tasks
@@ -301,7 +287,7 @@ def detection_task(cfg: DetectionConfig) -> DetectionTask:
                                    out_channels=cfg.pyramid_channels, pyramid_norm="ln", extra_pool=True)
     settings = dict(num_classes=len(train_set.class_names), backbone=backbone, masks=masks,
                     min_size=cfg.image_size, max_size=cfg.image_size, anchor_sizes=tuple(cfg.anchor_sizes))
-    config = DetectorConfig.from_dict({**settings, **parse_overrides(cfg.detector)})
+    config = DetectorConfig.from_dict({**settings, **parse_settings(cfg.detector, "--detector")})
     eval_set = None
     if cfg.val_annotations:
         eval_set = CocoDetection(cfg.val_images or cfg.images, cfg.val_annotations, masks=masks,

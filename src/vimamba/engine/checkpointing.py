@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..checkpoints.format import CheckpointFormatError, is_current_format, load_checkpoint_file, make_checkpoint
-from ..errors import UserError
+from ..errors import InputError, MissingFileError, UserError
 from ..io import (atomic_torch_save, atomic_write, check_writable, ensure_folder, remove_stale_temporaries_in,
                   same_file)
 from .distributed import all_gather_objects, get_rank, get_world_size, is_main_process
@@ -82,7 +82,7 @@ def load_training_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Read a checkpoint a run wrote (on CPU) to resume it, with clear errors for any other file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint to resume from not found: '{path}'")
+        raise MissingFileError(f"checkpoint to resume from not found: '{path}'", path)
     try:
         obj = load_checkpoint_file(path)
     except CheckpointFormatError as e:
@@ -180,7 +180,7 @@ class CheckpointManager:
     def __init__(self, output_dir: PathLike, *, metric: str = "top1", mode: str = "max",
                  last_name: str = "last.pth", best_name: str = "best.pth", best_value: Optional[float] = None):
         if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+            raise InputError(f"mode must be 'max' or 'min', got {mode!r}")
         self.output_dir = Path(output_dir)
         self.metric, self.mode = metric, mode
         self.last_path = self.output_dir / last_name

@@ -27,6 +27,7 @@ from ..checkpoints.state_dicts import clean_state_dict, describe_foreign, infer_
 from ..io import atomic_write
 from .pos_embed import infer_square_grid, resize_pos_embed
 from .variants import find_registered_name
+from ..errors import InputError
 
 __all__ = [
     "CheckpointError",
@@ -153,7 +154,7 @@ def prepare_state_dict(
     Nothing is loaded: the model is left untouched.
     """
     if in_chans not in ("refuse", "adapt", "leave"):
-        raise ValueError(f"in_chans must be 'refuse', 'adapt' or 'leave', got {in_chans!r}")
+        raise InputError(f"in_chans must be 'refuse', 'adapt' or 'leave', got {in_chans!r}")
     target = model.state_dict()
     incoming = dict(ckpt.state_dict)
     report = LoadReport()

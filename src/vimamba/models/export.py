@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn as nn
 from torch.export import Dim, ExportedProgram
+from ..errors import InputError
 
 __all__ = ["export_vim", "dynamic_image_shapes", "example_images"]
 
@@ -69,7 +70,7 @@ def export_vim(model: nn.Module, example: Optional[torch.Tensor] = None, *, dyna
     if example is None:
         example = example_images(model)
     if dynamic_size and (example.shape[-2] % pe.stride or example.shape[-1] % pe.stride):
-        raise ValueError(f"with a dynamic image size the example's height and width must be multiples of the stride "
+        raise InputError(f"with a dynamic image size the example's height and width must be multiples of the stride "
                          f"{pe.stride}; got {tuple(example.shape[-2:])}")
     was_training = model.training
     model.eval()

@@ -30,6 +30,7 @@ from .variants import (OFFICIAL_REPOSITORY, VARIANTS, ModelEntry, find_registere
                        list_models, model_config, resolve_name)
 from .vim import VimConfig, VisionMamba
 from .weights import checkpoint_filter_fn, load_pretrained
+from ..errors import DownloadError, InputError
 
 __all__ = ["ModelEntry", "create_model", "list_models", "find_registered_name", "get_model_entry",
            "resolve_name", "model_config", "default_cfgs"]
@@ -98,7 +99,7 @@ def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba
     except (OSError, ImportError) as e:
         if not (pretrained and not cfg.get("file") and not cfg.get("state_dict") and cfg.get("hf_hub_id")):
             raise
-        raise RuntimeError(
+        raise DownloadError(
             f"could not download the official weights of {canonical} ({cfg['hf_hub_filename']}) from "
             f"https://huggingface.co/{cfg['hf_hub_id']} ({type(e).__name__}: {e}). Without network, download the "
             f"file elsewhere and pass pretrained='path/to/{cfg['hf_hub_filename']}' (vimamba) or "
@@ -210,7 +211,7 @@ def create_model(
     model_config(canonical, **overrides)  # unknown arguments: a clear TypeError before timm sees them
     if pretrained is True:
         if weights not in ("auto", "model") or trust_pickle:
-            raise ValueError("weights= and trust_pickle= apply to a checkpoint file: pass pretrained=PATH (the "
+            raise InputError("weights= and trust_pickle= apply to a checkpoint file: pass pretrained=PATH (the "
                              "official files are on https://huggingface.co/hustvl); pretrained=True loads the "
                              "trained weights of the official file")
         return timm.create_model(canonical, pretrained=True, **overrides)

@@ -25,8 +25,8 @@ The official module names are kept (``layers.i.mixer.conv1d_b`` ...) so the stat
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import asdict, dataclass, fields, replace
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn

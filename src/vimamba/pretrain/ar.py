@@ -32,6 +32,7 @@ from ..models.vim import VimConfig
 from .causal import ForwardOnlyVim
 from .decoders import CrossAttentionBlock, init_decoder_weights, sincos_pos_embed
 from .patches import check_cluster_grid, cluster_order, normalised_patches, patchify, unpatchify
+from ..errors import InputError
 
 __all__ = ["ARObjective", "block_causal_mask"]
 
@@ -55,7 +56,7 @@ class ARObjective(nn.Module):
                  decoder_depth: int = 2, decoder_heads: int = 4, decoder_mlp_ratio: float = 4.0):
         super().__init__()
         if cluster_size < 1:
-            raise ValueError(f"cluster_size must be >= 1, got {cluster_size}")
+            raise InputError(f"cluster_size must be >= 1, got {cluster_size}")
         self.hparams = dict(cluster_size=cluster_size, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
                             decoder_heads=decoder_heads, decoder_mlp_ratio=decoder_mlp_ratio)
         self.encoder = ForwardOnlyVim(encoder_cfg)
@@ -112,7 +113,7 @@ class ARObjective(nn.Module):
     def extract_features(self, images: torch.Tensor, pool: str = "avg") -> torch.Tensor:
         """Frozen features: the forward-only encoder over all K clusters (cluster-major), mean of the tokens."""
         if pool != "avg":
-            raise ValueError("AR pretraining has no class token; use pool='avg' (mean of the patch tokens)")
+            raise InputError("AR pretraining has no class token; use pool='avg' (mean of the patch tokens)")
         tokens, grid = self.encoder.embed(images)
         order, _, _ = self._layout(grid, images.device)
         return self.encoder(tokens[:, order]).mean(dim=1)

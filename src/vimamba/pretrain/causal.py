@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..models.pos_embed import insert_cls_token, remove_cls_token, resize_pos_embed, split_pos_embed
 from ..models.vim import BiMambaMixer, VimBlock, VimConfig, VisionMamba
 from ..ops import bidirectional_selective_scan, depthwise_conv1d, resolve_scan_impl
+from ..errors import InputError
 
 __all__ = ["forward_selective_scan", "ForwardOnlyMixer", "ForwardOnlyBlock", "ForwardOnlyVim"]
 
@@ -102,7 +103,7 @@ class ForwardOnlyVim(nn.Module):
     def __init__(self, cfg: VimConfig):
         super().__init__()
         if cfg.stride != cfg.patch_size:
-            raise ValueError(f"pretraining needs non-overlapping patches (stride == patch_size), got patch "
+            raise InputError(f"pretraining needs non-overlapping patches (stride == patch_size), got patch "
                              f"{cfg.patch_size} stride {cfg.stride}")
         full = VisionMamba(replace(cfg, num_classes=0))  # the classifier's own construction and initialisation
         self.cfg = full.cfg

@@ -8,13 +8,13 @@ recipe for the engine's fields, :attr:`~.config.PretrainConfig.ENGINE_DEFAULTS`)
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from dataclasses import fields
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-from ..cli_args import image_size, non_negative_int, positive_float, positive_int
+from ..cli_args import image_size, non_negative_int, parse_settings, positive_float, positive_int
+from ..errors import InputError
 
 
 # ---------------------------------------------------------------------------------------------------- pretrain
@@ -92,16 +92,16 @@ def _pretrain(args) -> int:
         saved = load_training_checkpoint(explicit["resume"]).get("config") or {}
         saved_objective = saved.get("objective")
         if saved_objective not in OBJECTIVES:
-            raise ValueError(f"'{explicit['resume']}' is not a pretraining run (no objective in its configuration); "
+            raise InputError(f"'{explicit['resume']}' is not a pretraining run (no objective in its configuration); "
                              "resume it with the command that started it")
         if objective is not None and objective != saved_objective:
-            raise ValueError(f"'{explicit['resume']}' is a {saved_objective} pretraining run; it cannot continue as "
+            raise InputError(f"'{explicit['resume']}' is a {saved_objective} pretraining run; it cannot continue as "
                              f"--objective {objective}")
         objective = saved_objective
         known = {f.name for cls in (EngineConfig, OBJECTIVES[objective]) for f in fields(cls)}
         values = {k: v for k, v in saved.items() if k in known and k not in ("resume", "output", "overwrite")}
     if objective is None:
-        raise ValueError("pass --objective ar (next-cluster prediction) or --objective mae (masked autoencoding)")
+        raise InputError("pass --objective ar (next-cluster prediction) or --objective mae (masked autoencoding)")
     task_cfg, engine_cfg = pretrain_configs(objective, {**values, **explicit})
     engine_cfg.check()
     result = run(PretrainTask(task_cfg, seed=engine_cfg.seed), engine_cfg)
@@ -109,19 +109,6 @@ def _pretrain(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- probe
-def _parse_overrides(items: List[str]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--override takes KEY=VALUE (e.g. embed_dim=96), got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip().replace("-", "_")] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key.strip().replace("-", "_")] = value
-    return out
-
-
 def register(subparsers) -> None:
     _register_pretrain(subparsers)
     _register_probe(subparsers)
@@ -176,12 +163,12 @@ def _probe(args) -> int:
     from .probe import load_feature_model, run_probe
 
     if args.data is None and args.dataset is None:
-        raise ValueError("pass --data DIR (an image folder) or --dataset NAME")
+        raise InputError("pass --data DIR (an image folder) or --dataset NAME")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     feature_model = load_feature_model(args.checkpoint, pool=args.pool, as_classifier=args.as_classifier,
-                                       overrides=_parse_overrides(args.override),
+                                       overrides=parse_settings(args.override, "--override"),
                                        trust_pickle=args.trust_checkpoint)
     log = (lambda message: print(message, file=sys.stderr, flush=True))
     result = run_probe(feature_model, dataset=args.dataset, data=args.data, method=args.method, k=args.k,

@@ -24,6 +24,7 @@ from ..cli_args import image_size, non_negative_int, positive_float, positive_in
     unit_interval_open
 from ..engine.config import ConfigMixin, EngineConfig, build_configs, option
 from ..models.vim import VimConfig
+from ..errors import InputError
 
 __all__ = ["PretrainConfig", "ARConfig", "MAEConfig", "OBJECTIVES", "config_for", "pretrain_configs",
            "objective_only_fields", "build_objective", "build_pretrain_transform"]
@@ -131,7 +132,7 @@ def objective_only_fields(objective: str) -> Tuple[str, ...]:
 
 def _objective_class(objective: str) -> Type[PretrainConfig]:
     if objective not in OBJECTIVES:
-        raise ValueError(f"unknown pretraining objective {objective!r}; choose one of {sorted(OBJECTIVES)}")
+        raise InputError(f"unknown pretraining objective {objective!r}; choose one of {sorted(OBJECTIVES)}")
     return OBJECTIVES[objective]
 
 
@@ -144,7 +145,7 @@ def pretrain_configs(objective: str, values: Mapping[str, Any]) -> Tuple[Pretrai
                      if name in values)
     if foreign:
         flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
-        raise ValueError(f"{flags} does not apply to --objective {objective}")
+        raise InputError(f"{flags} does not apply to --objective {objective}")
     values = {k: v for k, v in values.items() if k != "objective"}
     return build_configs({**cls.ENGINE_DEFAULTS, **values}, (cls, EngineConfig))
 
@@ -155,7 +156,7 @@ def config_for(objective: str, **values: Any) -> PretrainConfig:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown {objective} pretraining options {unknown}")
+        raise InputError(f"unknown {objective} pretraining options {unknown}")
     return build_configs(values, (cls,))[0]
 
 
@@ -172,7 +173,7 @@ def build_objective(encoder_cfg: VimConfig, cfg: Union[PretrainConfig, str], **o
         return ARObjective(encoder_cfg, **kwargs)
     if name == "mae":
         return MAEObjective(encoder_cfg, **kwargs)
-    raise ValueError(f"unknown pretraining objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    raise InputError(f"unknown pretraining objective {name!r}; choose one of {sorted(OBJECTIVES)}")
 
 
 def build_pretrain_transform(cfg: PretrainConfig, preprocessing):

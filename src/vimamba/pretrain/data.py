@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Subset
 from ..data.datasets import DatasetSpec, find_split_dir, open_split, resolve_dataset
 from ..data.images import IMG_EXTENSIONS, DataError, load_image
 from ..data.transforms import Preprocessing
+from ..errors import InputError
 
 __all__ = ["UnlabelledImageFolder", "UnlabelledSource", "resolve_unlabelled", "list_images",
            "HELDOUT_FRACTION_LIMIT"]
@@ -131,7 +132,7 @@ def resolve_unlabelled(dataset: Optional[str], data: Optional[PathLike], *, held
     it has fewer than 10). Folders use ImageNet's preprocessing at 224 px; named datasets their own.
     """
     if heldout_images < 0:
-        raise ValueError(f"the number of held-out images must be >= 0, got {heldout_images}")
+        raise InputError(f"the number of held-out images must be >= 0, got {heldout_images}")
     if dataset is not None:
         spec = resolve_dataset(dataset, data)
         val_count = len(open_split(spec, "val", None))
@@ -139,7 +140,7 @@ def resolve_unlabelled(dataset: Optional[str], data: Optional[PathLike], *, held
         return UnlabelledSource(f"{spec.name} (training split, labels ignored)", spec.preprocessing, spec=spec,
                                 heldout_indices=indices, strict=strict)
     if data is None:
-        raise ValueError("pass --data DIR (any folder of images) or --dataset NAME")
+        raise InputError("pass --data DIR (any folder of images) or --dataset NAME")
     root = Path(data).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder not found: '{root}'")

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp, build_sincos2d_pos_embed
+from ..errors import InputError
 
 __all__ = ["CrossAttentionBlock", "sincos_pos_embed", "init_decoder_weights"]
 
@@ -24,7 +25,7 @@ __all__ = ["CrossAttentionBlock", "sincos_pos_embed", "init_decoder_weights"]
 def sincos_pos_embed(grid: Tuple[int, int], dim: int, device=None) -> torch.Tensor:
     """(1, gh*gw, dim) fixed 2-D sin-cos position embedding, raster order (MAE's and ARM's decoder choice)."""
     if dim % 4:
-        raise ValueError(f"the decoder width must be a multiple of 4 for a 2-D sin-cos position embedding, got {dim}")
+        raise InputError(f"the decoder width must be a multiple of 4 for a 2-D sin-cos position embedding, got {dim}")
     return build_sincos2d_pos_embed(list(grid), dim=dim, device=device).unsqueeze(0)
 
 
@@ -46,7 +47,7 @@ class CrossAttentionBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"decoder width {dim} is not divisible by {num_heads} heads")
+            raise InputError(f"decoder width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)

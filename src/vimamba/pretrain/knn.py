@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from ..errors import InputError
 
 __all__ = ["knn_predict", "knn_accuracy"]
 
@@ -23,9 +24,9 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
                 chunk: int = 1024) -> torch.Tensor:
     """Predicted labels (N_test,) of the k-NN classifier above."""
     if vote not in ("weighted", "majority"):
-        raise ValueError(f"vote must be 'weighted' or 'majority', got {vote!r}")
+        raise InputError(f"vote must be 'weighted' or 'majority', got {vote!r}")
     if train_features.shape[0] == 0:
-        raise ValueError("k-NN needs at least one training feature")
+        raise InputError("k-NN needs at least one training feature")
     k = min(k, train_features.shape[0])
     bank = F.normalize(train_features.float(), dim=1)
     labels = train_labels.long()

@@ -33,6 +33,7 @@ from ..models.pos_embed import insert_cls_token, remove_cls_token, split_pos_emb
 from ..models.vim import VimConfig, VisionMamba
 from .decoders import init_decoder_weights, sincos_pos_embed
 from .patches import normalised_patches, patchify, unpatchify
+from ..errors import InputError
 
 __all__ = ["MAEObjective", "random_sorted_keep"]
 
@@ -57,9 +58,9 @@ class MAEObjective(nn.Module):
                  decoder_depth: int = 2, decoder_heads: int = 4, decoder_mlp_ratio: float = 4.0):
         super().__init__()
         if not 0 <= mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+            raise InputError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if encoder_cfg.stride != encoder_cfg.patch_size:
-            raise ValueError(f"pretraining needs non-overlapping patches (stride == patch_size), got patch "
+            raise InputError(f"pretraining needs non-overlapping patches (stride == patch_size), got patch "
                              f"{encoder_cfg.patch_size} stride {encoder_cfg.stride}")
         self.hparams = dict(mask_ratio=mask_ratio, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
                             decoder_heads=decoder_heads, decoder_mlp_ratio=decoder_mlp_ratio)
@@ -139,7 +140,7 @@ class MAEObjective(nn.Module):
     def extract_features(self, images: torch.Tensor, pool: str = "avg") -> torch.Tensor:
         """Frozen features of the whole image (no masking): mean of the patch tokens, or the class token."""
         if pool not in ("avg", "token"):
-            raise ValueError(f"pool must be 'avg' or 'token', got {pool!r}")
+            raise InputError(f"pool must be 'avg' or 'token', got {pool!r}")
         tokens = self.encoder.forward_features(images)
         return remove_cls_token(tokens).mean(dim=1) if pool == "avg" else tokens[:, (tokens.shape[1] - 1) // 2]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
+from ..errors import InputError
 
 __all__ = ["patchify", "unpatchify", "normalised_patches", "cluster_order", "check_cluster_grid", "NORM_PIX_EPS"]
 
@@ -25,7 +26,7 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     b, c, h, w = images.shape
     p = patch_size
     if h % p or w % p:
-        raise ValueError(f"image {h}x{w} is not a whole number of {p}x{p} patches; pretraining needs an image size "
+        raise InputError(f"image {h}x{w} is not a whole number of {p}x{p} patches; pretraining needs an image size "
                          f"that is a multiple of the patch size")
     x = images.reshape(b, c, h // p, p, w // p, p)
     x = torch.einsum("bchpwq->bhwpqc", x)
@@ -55,12 +56,12 @@ def check_cluster_grid(grid: Tuple[int, int], cluster_size: int, patch_size: int
     gh, gw = grid
     k = cluster_size
     if gh % k or gw % k:
-        raise ValueError(
+        raise InputError(
             f"the image gives a {gh}x{gw} patch grid ({gh * patch_size}x{gw * patch_size} px with patch "
             f"{patch_size}), which is not a whole number of {k}x{k}-patch clusters ({k * patch_size}x"
             f"{k * patch_size} px); use an image size that is a multiple of {k * patch_size} or another cluster size")
     if (gh // k) * (gw // k) < 2:
-        raise ValueError(f"a {gh}x{gw} patch grid holds a single {k}x{k} cluster: nothing to predict autoregressively")
+        raise InputError(f"a {gh}x{gw} patch grid holds a single {k}x{k} cluster: nothing to predict autoregressively")
 
 
 def cluster_order(grid: Tuple[int, int], cluster_size: int, device=None) -> torch.Tensor:

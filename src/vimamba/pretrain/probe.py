@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader, Subset
 from ..data.datasets import open_split, resolve_dataset
 from ..data.images import collate_skipping_unreadable
 from ..data.transforms import Preprocessing, build_eval_transform
-from ..models.checkpoint import CheckpointError
 from ..models.pos_embed import remove_cls_token
 from .knn import knn_accuracy
+from ..errors import InputError, MissingFileError
 
 __all__ = ["FeatureModel", "load_feature_model", "compute_features", "train_linear_probe", "run_probe",
            "RANDOM_PREFIX"]
@@ -78,7 +78,7 @@ def load_feature_model(checkpoint: str, *, pool: str = "avg", as_classifier: boo
                            read_pretraining_checkpoint)
 
     if pool not in ("avg", "token"):
-        raise ValueError(f"pool must be 'avg' or 'token', got {pool!r}")
+        raise InputError(f"pool must be 'avg' or 'token', got {pool!r}")
     overrides = dict(overrides or {})
     if checkpoint.startswith(RANDOM_PREFIX):
         name = checkpoint[len(RANDOM_PREFIX):]
@@ -92,7 +92,7 @@ def load_feature_model(checkpoint: str, *, pool: str = "avg", as_classifier: boo
 
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: '{path}' (for a randomly initialised model pass "
+        raise MissingFileError(f"checkpoint not found: '{path}' (for a randomly initialised model pass "
                                 f"{RANDOM_PREFIX}MODEL_NAME)")
     obj = load_checkpoint_file(path, trust_pickle=trust_pickle) if path.suffix != ".safetensors" else None
     if is_pretraining_checkpoint(obj):
@@ -104,7 +104,7 @@ def load_feature_model(checkpoint: str, *, pool: str = "avg", as_classifier: boo
                                 f"'{path}' ({ckpt.objective} pretraining, as a bidirectional classifier)",
                                 img_size=tuple(model.cfg.img_size), in_chans=model.cfg.in_chans)
         if overrides:
-            raise ValueError("size overrides apply to random models and --as-classifier only")
+            raise InputError("size overrides apply to random models and --as-classifier only")
         objective = objective_from_pretraining(ckpt)
         cfg = objective.encoder.cfg
         return FeatureModel(lambda images: objective.extract_features(images, pool), objective, pre,
@@ -112,7 +112,7 @@ def load_feature_model(checkpoint: str, *, pool: str = "avg", as_classifier: boo
                             img_size=tuple(cfg.img_size), in_chans=cfg.in_chans)
 
     if as_classifier:
-        raise ValueError("--as-classifier applies to pretraining checkpoints only")
+        raise InputError("--as-classifier applies to pretraining checkpoints only")
     from ..train.models import load_classifier
 
     loaded = load_classifier(path, trust_pickle=trust_pickle)
@@ -137,7 +137,7 @@ def compute_features(feature_model: FeatureModel, loader: DataLoader, device: to
         labels.append(targets.long())
     del module
     if not feats:
-        raise ValueError("the dataset yielded no images")
+        raise InputError("the dataset yielded no images")
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -180,7 +180,7 @@ def _subset(dataset, limit: Optional[int], seed: int):
     if limit is None or limit >= len(dataset):
         return dataset
     if limit < 1:
-        raise ValueError(f"a subset limit must be >= 1, got {limit}")
+        raise InputError(f"a subset limit must be >= 1, got {limit}")
     indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
     return Subset(dataset, indices.sort().values.tolist())
 
@@ -194,7 +194,7 @@ def run_probe(feature_model: FeatureModel, *, dataset: Optional[str] = None, dat
     """Features of the training split (the k-NN bank / probe training set) and of the validation split, then the
     k-NN or linear-probe top-1 on the validation split."""
     if method not in ("knn", "linear"):
-        raise ValueError(f"method must be 'knn' or 'linear', got {method!r}")
+        raise InputError(f"method must be 'knn' or 'linear', got {method!r}")
     spec = resolve_dataset(dataset, data)
     pre = feature_model.preprocessing
     if pre is None:
@@ -209,7 +209,7 @@ def run_probe(feature_model: FeatureModel, *, dataset: Optional[str] = None, dat
             pre = Preprocessing(**{**pre.to_dict(), "img_size": tuple(pre.img_size), "in_chans": in_chans,
                                    "mean": (mean,) * in_chans, "std": (std,) * in_chans})
         else:
-            raise ValueError(f"the model takes {in_chans}-channel images, the data has {pre.in_chans} channels")
+            raise InputError(f"the model takes {in_chans}-channel images, the data has {pre.in_chans} channels")
     transform = build_eval_transform(pre)
     device = torch.device(device)
     results: Dict[str, Any] = {"model": feature_model.description, "dataset": spec.describe(), "method": method,

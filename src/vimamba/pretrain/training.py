@@ -33,6 +33,7 @@ from .config import PretrainConfig, build_objective, build_pretrain_transform
 from .data import UnlabelledSource, resolve_unlabelled
 from .patches import check_cluster_grid
 from .visualize import write_reconstructions
+from ..errors import InputError
 
 __all__ = ["PretrainTask", "RECONSTRUCTIONS_DIR", "encoder_overrides"]
 
@@ -54,7 +55,7 @@ def _check_image_fits(objective: str, encoder_cfg: VimConfig, cluster_size: Opti
     """Refuse, before anything runs, an image size the objective cannot cut into patches (and clusters)."""
     size, patch = tuple(encoder_cfg.img_size), encoder_cfg.patch_size
     if size[0] % patch or size[1] % patch:
-        raise ValueError(f"pretraining needs an image size that is a multiple of the patch size: {size[0]}x{size[1]} "
+        raise InputError(f"pretraining needs an image size that is a multiple of the patch size: {size[0]}x{size[1]} "
                          f"px is not a whole number of {patch}x{patch} patches (set --img-size or --patch-size)")
     if objective == "ar":
         check_cluster_grid((size[0] // patch, size[1] // patch), cluster_size, patch)
@@ -119,7 +120,7 @@ class PretrainTask(Task):
             images_seen += images.shape[0]
         totals = all_reduce_sums({"loss": loss_sum, "images": images_seen})
         if totals["images"] == 0:
-            raise ValueError("no held-out image could be read; the evaluation loss is undefined")
+            raise InputError("no held-out image could be read; the evaluation loss is undefined")
         return {"loss": totals["loss"] / totals["images"]}
 
     # --- what a checkpoint stores ---------------------------------------------------------------------------------
