@@ -41,7 +41,7 @@ def _untrained_like(checkpoint):
     return build_dense_model(info.task, info.config).eval(), info
 
 
-def test_segmentation_train_eval_predict(tmp_path):
+def test_segmentation_train_eval_predict(tmp_path, capsys):
     data, run = tmp_path / "shapes", tmp_path / "run"
     write_ade20k_shapes(data, {"training": 16}, size=(64, 64), seed=0)
     code = main(["segment", "train", "--data", str(data), "--dataset", "custom", "--num-classes", "4",
@@ -66,18 +66,21 @@ def test_segmentation_train_eval_predict(tmp_path):
 
     # eval from the checkpoint alone gives the run's own number; slide mode runs too
     out = tmp_path / "eval.json"
-    assert main(["segment", "eval", str(run / "best.pth"), "--data", str(data), "--split", "training",
-                 "--mode", "whole", "--output", str(out), "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["segment", "eval", "--checkpoint", str(run / "best.pth"), "--data", str(data), "--split", "training",
+                 "--mode", "whole", "--output", str(out), "--workers", "0", "--json"]) == 0
     assert json.loads(out.read_text())["mIoU"] == pytest.approx(trained_miou, abs=1e-6)
+    assert json.loads(capsys.readouterr().out) == json.loads(out.read_text())  # --json: stdout is the metrics
 
     image = data / "images" / "training" / "shapes_00000.jpg"
+    # the older spelling, the checkpoint as the first argument, still works
     assert main(["segment", "predict", str(run / "last.pth"), str(image), "--output", str(tmp_path / "pred")]) == 0
     mask = Image.open(tmp_path / "pred" / "shapes_00000_mask.png")
     assert mask.mode == "P" and mask.size == (64, 64)
     assert Image.open(tmp_path / "pred" / "shapes_00000_overlay.png").size == (64, 64)
 
 
-def test_detection_train_eval_predict(tmp_path):
+def test_detection_train_eval_predict(tmp_path, capsys):
     image_dir, annotations = write_coco_shapes(tmp_path / "shapes", 16, sizes=((64, 64),), seed=0, crowd_every=4)
     run = tmp_path / "run"
     code = main(["detect", "train", "--images", str(image_dir), "--annotations", str(annotations),
@@ -103,12 +106,14 @@ def test_detection_train_eval_predict(tmp_path):
     assert summary["final_segm_AP"] > before["segm"]["AP"] + 0.15, (before, summary)
 
     out = tmp_path / "eval.json"
-    assert main(["detect", "eval", str(run / "last.pth"), "--images", str(image_dir), "--annotations",
-                 str(annotations), "--output", str(out), "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["detect", "eval", "--checkpoint", str(run / "last.pth"), "--images", str(image_dir),
+                 "--annotations", str(annotations), "--output", str(out), "--workers", "0", "--json"]) == 0
     assert json.loads(out.read_text())["bbox"]["AP"] == pytest.approx(summary["final_bbox_AP"], abs=1e-6)
+    assert json.loads(capsys.readouterr().out) == json.loads(out.read_text())
 
     pred = tmp_path / "pred"
-    assert main(["detect", "predict", str(run / "last.pth"), str(image_dir / "shapes_00001.jpg"),
+    assert main(["detect", "predict", "--checkpoint", str(run / "last.pth"), str(image_dir / "shapes_00001.jpg"),
                  "--output", str(pred), "--score-thresh", "0.3"]) == 0
     assert Image.open(pred / "shapes_00001_detections.png").size == (64, 64)
     detections = json.loads((pred / "detections.json").read_text())
@@ -162,4 +167,4 @@ def test_dense_checkpoint_errors(tmp_path):
     (tmp_path / "cut.pth").write_bytes(classifier.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated"):
         load_dense_model(tmp_path / "cut.pth")
-    assert main(["segment", "eval", str(tmp_path / "nothing.pth"), "--data", str(tmp_path)]) == 1
+    assert main(["segment", "eval", "--checkpoint", str(tmp_path / "nothing.pth"), "--data", str(tmp_path)]) == 1

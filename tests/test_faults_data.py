@@ -124,7 +124,7 @@ def test_every_numeric_training_option_has_a_check():
     (["train", "--batch-size", "abc"], "argument --batch-size: must be a positive integer, got 'abc'"),
     (["train", "--lr", "inf"], "argument --lr"),
     (["segment", "train", "--data", "d", "--output", "o", "--iterations", "-1"], "argument --steps/--iterations"),
-    (["segment", "predict", "c", "i.png", "--output", "o", "--alpha", "2"], "argument --alpha"),
+    (["segment", "predict", "--checkpoint", "c", "i.png", "--output", "o", "--alpha", "2"], "argument --alpha"),
     (["detect", "predict", "c", "i.png", "--output", "o", "--score-thresh", "-0.1"], "argument --score-thresh"),
     (["detect", "shapes", "root", "--size", "0", "8"], "argument --size"),
     (["bench", "--resolutions", "-224"], "argument --resolutions"),

@@ -152,8 +152,8 @@ def test_ap_is_undefined_without_ground_truth(tmp_path, capsys):
                 "--detector", "head_channels=16", "box_fc=32", "box_head_convs=1", *backbone, "--output", str(run),
                 "--iterations", "1", "--batch-size", "2", "--warmup-iters", "1", "--workers", "0"]) == 0
     capsys.readouterr()
-    assert cli(["detect", "eval", str(run / "last.pth"), "--images", str(image_dir), "--annotations", str(empty),
-                "--workers", "0"]) == 1
+    assert cli(["detect", "eval", "--checkpoint", str(run / "last.pth"), "--images", str(image_dir), "--annotations",
+                str(empty), "--workers", "0"]) == 1
     err = capsys.readouterr().err
     assert "AP is undefined without ground truth" in err and "AP 0.0" not in err
 

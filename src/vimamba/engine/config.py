@@ -9,7 +9,13 @@ configuration saved in checkpoints and the Python API therefore cannot drift apa
   command's own defaults, e.g. the segmentation recipe, are passed as ``defaults``);
 * :func:`explicit_values` returns the flags actually given (the parser's defaults are ``SUPPRESS``, so recipes and
   a resumed run's saved configuration can sit between the field defaults and the command line);
-* :func:`build_configs` turns one flat dict of values into one instance per config class, each value checked.
+* :func:`build_configs` turns one flat dict of values into one instance per config class, each value checked;
+* :func:`command_config` is the whole path for the commands that are not training runs (``eval``, ``predict``,
+  ``export``, ...): parsed arguments -> one config instance, checked.
+
+Beyond flags, a field can be a positional argument (``positional=True``, e.g. the image list of ``predict``) or a
+flag that may also be given positionally (``also_positional=True``: ``segment eval CKPT`` keeps working next to
+``segment eval --checkpoint CKPT``).
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from ..cli_args import (non_negative_float, non_negative_int, positive_float, po
 from ..errors import InputError
 
 __all__ = ["EngineConfig", "option", "ConfigMixin", "add_config_flags", "explicit_values", "build_configs",
-           "field_defaults", "PRECISION_CHOICES", "SCHEDULES"]
+           "command_config", "field_defaults", "PRECISION_CHOICES", "SCHEDULES"]
 
 PRECISION_CHOICES = ("off", "bf16", "fp16")
 SCHEDULES = ("cosine", "poly", "multistep", "step", "tanh", "const")
@@ -31,12 +37,20 @@ SCHEDULES = ("cosine", "poly", "multistep", "step", "tanh", "const")
 
 def option(default: Any, help: str, group: str, *, flag: Optional[str] = None, aliases: Sequence[str] = (),
            choices: Optional[Sequence[Any]] = None, metavar: Any = None,
-           check: Optional[Callable[[Any], Any]] = None):
+           check: Optional[Callable[[Any], Any]] = None, required: bool = False, nargs: Any = None,
+           positional: bool = False, also_positional: bool = False):
     """A dataclass field that is also a flag: ``help``, ``group`` (the help section), ``flag`` (default:
     ``--field-name``), ``aliases`` (older spellings still accepted), ``choices``, ``metavar``, and ``check``, the
-    :mod:`vimamba.cli_args` type that parses and validates the value (for tuple fields, each element's)."""
+    :mod:`vimamba.cli_args` type that parses and validates the value (for tuple fields, each element's).
+
+    ``required``: the command needs a value; ``nargs``: instead of the one the field's type implies (``"+"`` for a
+    list that cannot be empty); ``positional``: an argument without a flag (at most one per command, last);
+    ``also_positional``: the flag's value may instead be given as a leading positional argument (the older
+    spelling of a command), resolved by :func:`command_config`."""
     return field(default=default, metadata=dict(help=help, group=group, flag=flag, aliases=tuple(aliases),
-                                                choices=choices, metavar=metavar, check=check))
+                                                choices=choices, metavar=metavar, check=check, required=required,
+                                                nargs=nargs, positional=positional,
+                                                also_positional=also_positional))
 
 
 class ConfigMixin:
@@ -185,32 +199,50 @@ def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type], *
     titles = {**_GROUP_TITLES, **(group_titles or {})}
     defaults, notes = dict(defaults or {}), dict(notes or {})
     groups: Dict[str, Any] = {}
-    for cls in classes:
-        for f in fields(cls):
-            if "group" not in f.metadata or f.name in skip:
-                continue
-            meta = f.metadata
-            if meta["group"] not in groups:
-                groups[meta["group"]] = parser.add_argument_group(titles.get(meta["group"], meta["group"]))
-            default = defaults.get(f.name, f.default if f.default is not MISSING else None)
-            extra = [] if "default:" in meta["help"] else [f"default: {show_value(default)}"]
-            if f.name in notes:
-                extra.append(notes[f.name])
-            help_text = meta["help"] + (f" ({'; '.join(extra)})" if extra else "")
-            kwargs: Dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
+    chosen = [(cls, f) for cls in classes for f in fields(cls) if "group" in f.metadata and f.name not in skip]
+    if not any(f.metadata.get("positional") for _, f in chosen):
+        # no positional list to carry them: each field that may be given positionally gets an optional positional
+        for _, f in chosen:
+            if f.metadata.get("also_positional"):
+                parser.add_argument(_POSITIONAL + f.name, nargs="?", default=argparse.SUPPRESS,
+                                    metavar=f.name.upper(), help=f"the same as {flag_of(f)} (the older spelling)")
+    for cls, f in chosen:
+        meta = f.metadata
+        if meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(titles.get(meta["group"], meta["group"]))
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        extra = []
+        if meta.get("required"):
+            extra.append("required")
+        elif "default:" not in meta["help"] and not meta.get("positional"):
+            extra.append(f"default: {show_value(default)}")
+        if f.name in notes:
+            extra.append(notes[f.name])
+        help_text = meta["help"] + (f" ({'; '.join(extra)})" if extra else "")
+        kwargs: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
+        kind, nargs, is_bool = _field_kind(cls, f)
+        if meta.get("positional"):
+            names = [f.name]
+        else:
             names = [flag_of(f), *meta.get("aliases", ())]
-            kind, nargs, is_bool = _field_kind(cls, f)
-            if is_bool:
-                groups[meta["group"]].add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
-                continue
-            kwargs["type"] = meta.get("check") or kind
-            if nargs:
-                kwargs["nargs"] = nargs
-            if meta.get("choices"):
-                kwargs["choices"] = meta["choices"]
-            if meta.get("metavar"):
-                kwargs["metavar"] = meta["metavar"]
-            groups[meta["group"]].add_argument(*names, **kwargs)
+            kwargs["dest"] = f.name
+            if meta.get("required") and not meta.get("also_positional"):
+                kwargs["required"] = True
+        if is_bool:
+            groups[meta["group"]].add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        kwargs["type"] = meta.get("check") or kind
+        nargs = meta.get("nargs") or nargs
+        if nargs:
+            kwargs["nargs"] = nargs
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        if meta.get("metavar"):
+            kwargs["metavar"] = meta["metavar"]
+        groups[meta["group"]].add_argument(*names, **kwargs)
+
+
+_POSITIONAL = "positional_"  # the dest prefix of the positional spelling of an ``also_positional`` flag
 
 
 def explicit_values(args: argparse.Namespace, classes: Sequence[type]) -> Dict[str, Any]:
@@ -254,6 +286,44 @@ def build_configs(values: Mapping[str, Any], classes: Sequence[Type], *, unknown
             kwargs[f.name] = value
         out.append(cls(**kwargs))
     return tuple(out)
+
+
+def command_config(args: argparse.Namespace, cls: Type) -> Any:
+    """The ``cls`` instance of a command's parsed ``args``: fields given positionally resolved, required ones
+    present, every value checked, then the instance's own ``check()`` (relations between fields), if it has one.
+
+    A field with ``also_positional`` not given as its flag takes the first positional value: of its own optional
+    positional argument, or else the front of the command's positional list (``segment predict CKPT IMAGE...``).
+    Giving it both ways, or not at all, is a one-line :class:`InputError`.
+    """
+    values = explicit_values(args, [cls])
+    spelled = [f for f in fields(cls) if f.metadata.get("also_positional")]
+    listed = next((f for f in fields(cls) if f.metadata.get("positional")), None)
+    if listed is not None and spelled:
+        given = list(values.get(listed.name, ()))
+        for f in spelled:
+            if f.name not in values and given:
+                values[f.name] = given.pop(0)
+        if not given:  # what argparse counted was the leading argument(s) only
+            raise InputError(f"pass at least one {listed.metadata.get('metavar') or listed.name.upper()}")
+        values[listed.name] = tuple(given)
+    else:
+        for f in spelled:
+            extra = getattr(args, _POSITIONAL + f.name, None)
+            if extra is not None and f.name in values:
+                raise InputError(f"{flag_of(f)} is given twice: as {flag_of(f)} {values[f.name]} and as the "
+                                 f"argument {extra}; keep one")
+            if extra is not None:
+                values[f.name] = extra
+    for f in fields(cls):
+        if f.metadata.get("required") and not values.get(f.name):
+            what = f.metadata.get("metavar") or f.name.upper()
+            raise InputError(f"pass at least one {what}" if f.metadata.get("positional")
+                             else f"pass {flag_of(f)} {what}")
+    config = build_configs(values, [cls])[0]
+    if hasattr(config, "check"):
+        config.check()
+    return config
 
 
 def _check_value(f, value: Any) -> None:

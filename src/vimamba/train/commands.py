@@ -9,10 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Tuple
 
-from ..cli_args import image_size, non_negative_int, positive_int, unit_interval_open
-from ..engine.config import EngineConfig, add_config_flags, show_value
+from ..cli_args import image_size, positive_int, unit_interval_open
+from ..command_options import (CLASSIFIER_CHECKPOINT, GROUP_TITLES, amp_option, batch_size_option, checkpoint_option,
+                               dataset_option, device_option, json_option, trust_checkpoint_option, weights_option,
+                               workers_option)
+from ..engine.config import EngineConfig, add_config_flags, command_config, option, show_value
 from ..errors import InputError
 from .config import ENGINE_DEFAULTS, RECIPE_NOTES, RECIPES, ClassificationConfig
 
@@ -57,45 +62,76 @@ def register(subparsers) -> None:
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("eval", help="top-1 / top-5 / loss of a checkpoint on a labelled dataset",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="a vimamba training checkpoint, exported weights, or an official Vim .pth")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="image folder: DIR/val/<class>/* (ImageNet layout) or DIR/<class>/*")
-    p.add_argument("--dataset", default=None, choices=("fashion-mnist", "cifar10", "imagenet"),
-                   help="a named dataset's test split instead (with --data: where it lives)")
-    _add_inference_arguments(p)
-    p.add_argument("--batch-size", type=positive_int, default=128, help="images per batch")
-    p.add_argument("--workers", type=non_negative_int, default=4, help="data-loading worker processes")
-    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast precision")
-    p.add_argument("--strict-data", action="store_true", help="stop on an unreadable image instead of skipping it")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+                              description="Top-1 / top-5 accuracy and loss of a classifier on a labelled image folder "
+                                          "or a named dataset's test split; under torchrun the images are shared "
+                                          "between the processes.")
+    add_config_flags(p, [ClassifierEvalConfig], group_titles=GROUP_TITLES)
     p.set_defaults(func=_eval)
 
     p = subparsers.add_parser("predict", help="top-5 classes of image files",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="CKPT",
-                        help="a vimamba training checkpoint, exported weights, or an official Vim .pth")
-    source.add_argument("--onnx", metavar="MODEL",
-                        help="an ONNX model written by `vimamba export` (runs in onnxruntime on the CPU, with the "
-                             "preprocessing stored in it)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--top-k", type=positive_int, default=5, help="how many classes to show per image")
-    _add_inference_arguments(p)
-    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+                              description="The most likely classes of each image, from a checkpoint (--checkpoint) "
+                                          "or an exported ONNX model (--onnx).")
+    add_config_flags(p, [ClassifierPredictConfig], group_titles=GROUP_TITLES)
     p.set_defaults(func=_predict)
 
 
-def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--img-size", type=image_size, default=None, metavar="S",
-                   help="evaluate at this resolution (default: the checkpoint's; resize S / crop-pct, crop S)")
-    p.add_argument("--crop-pct", type=unit_interval_open, default=None,
-                   help="centre-crop fraction (default: the checkpoint's; 0.875 for the official models)")
-    p.add_argument("--weights", default="auto", choices=("auto", "model", "ema"),
-                   help="with a training checkpoint: the trained or the EMA weights")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects in a .pth you trust")
+# -------------------------------------------------------------------------------------------- eval / predict flags
+def _img_size_option():
+    return option(None, "evaluate at this resolution (default: the checkpoint's; resize S / crop-pct, crop S)",
+                  "data", metavar="S", check=image_size)
+
+
+def _crop_pct_option():
+    return option(None, "centre-crop fraction (default: the checkpoint's; 0.875 for the official models)", "data",
+                  metavar="F", check=unit_interval_open)
+
+
+@dataclass
+class ClassifierEvalConfig:
+    """``vimamba eval``."""
+
+    checkpoint: Optional[str] = checkpoint_option()
+    weights: str = weights_option()
+    trust_checkpoint: bool = trust_checkpoint_option()
+    data: Optional[str] = option(None, "image folder: DIR/val/<class>/* (ImageNet layout) or DIR/<class>/*", "data",
+                                 metavar="DIR")
+    dataset: Optional[str] = dataset_option()
+    strict_data: bool = option(False, "stop on an unreadable image instead of skipping it", "data")
+    img_size: Optional[int] = _img_size_option()
+    crop_pct: Optional[float] = _crop_pct_option()
+    device: str = device_option()
+    batch_size: int = batch_size_option(128)
+    workers: int = workers_option(4)
+    amp: str = amp_option()
+    json: bool = json_option()
+
+    def check(self) -> None:
+        if self.data is None and self.dataset is None:
+            raise InputError("pass --data DIR (an image folder) or --dataset NAME")
+
+
+@dataclass
+class ClassifierPredictConfig:
+    """``vimamba predict``."""
+
+    checkpoint: Optional[str] = checkpoint_option(CLASSIFIER_CHECKPOINT + " (or --onnx)", required=False)
+    onnx: Optional[str] = option(None, "an ONNX model written by `vimamba export` instead of --checkpoint (runs in "
+                                 "onnxruntime on the CPU, with the preprocessing stored in it)", "checkpoint",
+                                 metavar="MODEL")
+    weights: str = weights_option()
+    trust_checkpoint: bool = trust_checkpoint_option()
+    images: Tuple[str, ...] = option((), "image files", "data", metavar="IMAGE", nargs="+", positional=True)
+    img_size: Optional[int] = _img_size_option()
+    crop_pct: Optional[float] = _crop_pct_option()
+    device: str = device_option()
+    top_k: int = option(5, "how many classes to show per image", "output", check=positive_int)
+    json: bool = json_option("the predictions")
+
+    def check(self) -> None:
+        if (self.checkpoint is None) == (self.onnx is None):
+            raise InputError("pass one model: --checkpoint CKPT or --onnx MODEL")
+        if self.onnx is not None and (self.weights != "auto" or self.trust_checkpoint):
+            raise InputError("--weights and --trust-checkpoint apply to --checkpoint, not to --onnx")
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -131,33 +167,32 @@ def _train(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- eval / predict
-def _load_for_inference(args):
+def _load_for_inference(cfg):
     from ..engine.distributed import init_distributed
     from .models import load_classifier
 
-    dist_info = init_distributed(args.device)
-    loaded = load_classifier(args.checkpoint, weights=args.weights, trust_pickle=args.trust_checkpoint)
-    pre = loaded.preprocessing.with_size(args.img_size)
-    if args.crop_pct is not None:
-        from ..data.transforms import Preprocessing
-
-        pre = Preprocessing(**{**pre.to_dict(), "img_size": tuple(pre.img_size), "crop_pct": args.crop_pct})
-    return dist_info, loaded, pre
+    dist_info = init_distributed(cfg.device)
+    loaded = load_classifier(cfg.checkpoint, weights=cfg.weights, trust_pickle=cfg.trust_checkpoint)
+    return dist_info, loaded, _preprocessing(loaded, cfg)
 
 
-def _load_onnx_for_inference(args):
+def _preprocessing(loaded, cfg):
+    """The model's stored preprocessing with ``--img-size`` / ``--crop-pct`` applied."""
+    pre = loaded.preprocessing.with_size(cfg.img_size)
+    if cfg.crop_pct is None:
+        return pre
+    from ..data.transforms import Preprocessing
+
+    return Preprocessing(**{**pre.to_dict(), "img_size": tuple(pre.img_size), "crop_pct": cfg.crop_pct})
+
+
+def _load_onnx_for_inference(cfg):
     """Like :func:`_load_for_inference` for ``--onnx``: onnxruntime on the CPU, the model's stored preprocessing."""
     from ..export.runtime import load_onnx_classifier
     from ..engine.distributed import init_distributed
 
-    if args.weights != "auto" or args.trust_checkpoint:
-        raise InputError("--weights and --trust-checkpoint apply to --checkpoint, not to --onnx")
-    loaded = load_onnx_classifier(args.onnx)
-    pre = loaded.preprocessing.with_size(args.img_size)
-    if args.crop_pct is not None:
-        from ..data.transforms import Preprocessing
-
-        pre = Preprocessing(**{**pre.to_dict(), "img_size": tuple(pre.img_size), "crop_pct": args.crop_pct})
+    loaded = load_onnx_classifier(cfg.onnx)
+    pre = _preprocessing(loaded, cfg)
     loaded.model.metadata.check_size(*pre.img_size)
     return init_distributed("cpu"), loaded, pre
 
@@ -166,17 +201,16 @@ def _eval(args) -> int:
     from ..engine.distributed import cleanup_distributed, print_once
     from .inference import evaluate_classifier
 
-    if args.data is None and args.dataset is None:
-        raise InputError("pass --data DIR (an image folder) or --dataset NAME")
-    dist_info, loaded, pre = _load_for_inference(args)
+    cfg = command_config(args, ClassifierEvalConfig)
+    dist_info, loaded, pre = _load_for_inference(cfg)
     try:
-        metrics = evaluate_classifier(loaded, dataset=args.dataset, data=args.data, preprocessing=pre,
-                                      batch_size=args.batch_size, workers=args.workers, dist_info=dist_info,
-                                      amp=args.amp, strict=args.strict_data)
+        metrics = evaluate_classifier(loaded, dataset=cfg.dataset, data=cfg.data, preprocessing=pre,
+                                      batch_size=cfg.batch_size, workers=cfg.workers, dist_info=dist_info,
+                                      amp=cfg.amp, strict=cfg.strict_data)
     finally:
         cleanup_distributed()
     metrics.update(checkpoint=loaded.description, preprocessing=pre.to_dict())
-    if args.json:
+    if cfg.json:
         print_once(json.dumps(metrics, indent=2))
         return 0
     print_once(f"{loaded.description} on {metrics['dataset']}, {metrics['count']:,} images at "
@@ -190,14 +224,13 @@ def _eval(args) -> int:
 def _predict(args) -> int:
     from .inference import predict_images
 
-    if args.top_k < 1:
-        raise InputError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.onnx:
-        dist_info, loaded, pre = _load_onnx_for_inference(args)
+    cfg = command_config(args, ClassifierPredictConfig)
+    if cfg.onnx:
+        dist_info, loaded, pre = _load_onnx_for_inference(cfg)
     else:
-        dist_info, loaded, pre = _load_for_inference(args)
-    results = predict_images(loaded, args.images, preprocessing=pre, top_k=args.top_k, device=dist_info.device)
-    if args.json:
+        dist_info, loaded, pre = _load_for_inference(cfg)
+    results = predict_images(loaded, list(cfg.images), preprocessing=pre, top_k=cfg.top_k, device=dist_info.device)
+    if cfg.json:
         print(json.dumps([{"image": r.path, "top": [{"class": c, "probability": p} for c, p in r.top],
                            **({"error": r.error} if r.error else {})} for r in results], indent=2))
     else:
