@@ -307,14 +307,13 @@ def command_config(args: argparse.Namespace, cls: Type) -> Any:
         if not given:  # what argparse counted was the leading argument(s) only
             raise InputError(f"pass at least one {listed.metadata.get('metavar') or listed.name.upper()}")
         values[listed.name] = tuple(given)
-    else:
-        for f in spelled:
-            extra = getattr(args, _POSITIONAL + f.name, None)
-            if extra is not None and f.name in values:
-                raise InputError(f"{flag_of(f)} is given twice: as {flag_of(f)} {values[f.name]} and as the "
-                                 f"argument {extra}; keep one")
-            if extra is not None:
-                values[f.name] = extra
+    else:  # the positional values, in order, fill the fields not given as flags
+        given = [getattr(args, _POSITIONAL + f.name) for f in spelled if hasattr(args, _POSITIONAL + f.name)]
+        open_fields = [f for f in spelled if f.name not in values]
+        if len(given) > len(open_fields):
+            flags = " and ".join(flag_of(f) for f in spelled if f.name in values)
+            raise InputError(f"{flags} given twice: as a flag and as the argument(s) {' '.join(given)}; keep one")
+        values.update((f.name, value) for f, value in zip(open_fields, given))
     for f in fields(cls):
         if f.metadata.get("required") and not values.get(f.name):
             what = f.metadata.get("metavar") or f.name.upper()

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ..cli_args import check_image_size, image_size
+from ..command_options import GROUP_TITLES, checkpoint_option, trust_checkpoint_option, weights_option
+from ..engine.config import add_config_flags, command_config, option
 
 
 def register(subparsers) -> None:
@@ -26,13 +30,22 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "convert", help="re-save a checkpoint (official .pth, training checkpoint) as .safetensors or .pth weights",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="input checkpoint")
-    p.add_argument("output", help="output file; .safetensors or .pth")
-    p.add_argument("--weights", choices=["auto", "model", "ema"], default="auto",
-                   help="which weights of a training checkpoint: the model's or the EMA's")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects in a .pth you trust")
+        epilog="The checkpoint and the output may also be given as positional arguments, in this order (the older "
+               "spelling: vimamba convert CKPT OUT).")
+    add_config_flags(p, [ConvertConfig], group_titles=GROUP_TITLES)
     p.set_defaults(func=_convert)
+
+
+@dataclass
+class ConvertConfig:
+    """``vimamba convert``."""
+
+    checkpoint: Optional[str] = checkpoint_option("the checkpoint to convert: an official .pth, a vimamba training "
+                                                  "checkpoint or weights", also_positional=True)
+    weights: str = weights_option()
+    trust_checkpoint: bool = trust_checkpoint_option()
+    output: Optional[str] = option(None, "the file to write: .safetensors or .pth (bare weights)", "output",
+                                   metavar="FILE", required=True, also_positional=True)
 
 
 def _count(model) -> int:
@@ -155,16 +168,17 @@ def _convert(args) -> int:
     from .checkpoint import CheckpointError, save_weights
     from .vim import VisionMamba
 
-    if same_file(args.checkpoint, args.output):  # a symlink or hard link to the input counts as the input
-        raise UserError(f"the output '{args.output}' is the input checkpoint '{args.checkpoint}'; converting in "
+    cfg = command_config(args, ConvertConfig)
+    if same_file(cfg.checkpoint, cfg.output):  # a symlink or hard link to the input counts as the input
+        raise UserError(f"the output '{cfg.output}' is the input checkpoint '{cfg.checkpoint}'; converting in "
                         "place would replace it (with its optimizer, scheduler and EMA state) by bare weights. "
                         "Choose another output file")
-    ckpt = read_checkpoint(args.checkpoint, trust_pickle=args.trust_checkpoint)
-    model = load_model(ckpt, weights=args.weights, task="classification")
+    ckpt = read_checkpoint(cfg.checkpoint, trust_pickle=cfg.trust_checkpoint)
+    model = load_model(ckpt, weights=cfg.weights, task="classification")
     if not isinstance(model, VisionMamba):
         raise CheckpointError(f"{ckpt.describe()} holds a {type(model).__name__}, not a Vim: vimamba convert "
                               "writes Vim weights")
-    out = save_weights(model, args.output, class_names=ckpt.class_names or None, preprocessing=ckpt.preprocessing)
+    out = save_weights(model, cfg.output, class_names=ckpt.class_names or None, preprocessing=ckpt.preprocessing)
     print(f"wrote {out} ({getattr(model, 'arch', None) or 'custom Vim'}, {_count(model):,} parameters, "
-          f"weights from {ckpt.select(args.weights)[1]})")
+          f"weights from {ckpt.select(cfg.weights)[1]})")
     return 0

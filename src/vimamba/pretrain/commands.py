@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
-from typing import Any, Dict
+import textwrap
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional, Tuple
 
 from ..cli_args import image_size, non_negative_int, parse_settings, positive_float, positive_int
+from ..command_options import (GROUP_TITLES, batch_size_option, checkpoint_option, dataset_option, device_option,
+                               json_option, trust_checkpoint_option, workers_option)
+from ..engine.config import add_config_flags, command_config, option
 from ..errors import InputError
 
 
@@ -44,7 +48,7 @@ def _shown_defaults() -> Dict[str, Any]:
 
 
 def _register_pretrain(subparsers) -> None:
-    from ..engine.config import EngineConfig, add_config_flags, show_value
+    from ..engine.config import EngineConfig, show_value
     from .config import OBJECTIVES, PretrainConfig
 
     p = subparsers.add_parser(
@@ -117,44 +121,58 @@ def register(subparsers) -> None:
 def _register_probe(subparsers) -> None:
     p = subparsers.add_parser(
         "probe", help="k-NN / linear-probe accuracy of a model's frozen features",
-        description="Evaluate frozen features: k-NN (k=20, cosine, DINO's exp(sim/T) weighted vote) or a linear probe "
-                    "(BatchNorm without affine + Linear, trained on features computed once). Works for pretraining "
-                    "checkpoints (vimamba pretrain), classifiers (vimamba train, exported or official weights) and "
-                    "random:MODEL_NAME (a freshly initialised Vim, with --override for its size).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=textwrap.fill(
+            "Evaluate frozen features: k-NN (k=20, cosine, DINO's exp(sim/T) weighted vote) or a linear probe "
+            "(BatchNorm without affine + Linear, trained on features computed once). Works for pretraining "
+            "checkpoints (vimamba pretrain), classifiers (vimamba train, exported or official weights) and "
+            "random:MODEL_NAME (a freshly initialised Vim, with --override for its size).", 100),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  vimamba probe --checkpoint runs/pretrain-ar/last.pth --dataset fashion-mnist --method knn\n"
                "  vimamba probe --checkpoint random:vim_tiny_patch16_224 --dataset fashion-mnist "
                "--override patch_size=4 embed_dim=96 depth=6 img_size=32 in_chans=1 --method linear")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="a pretraining or classification checkpoint, or random:MODEL_NAME")
-    p.add_argument("--data", default=None, metavar="DIR", help="image folder DIR/train/<class>/* and DIR/val/<class>/*")
-    p.add_argument("--dataset", default=None, choices=("fashion-mnist", "cifar10", "imagenet"),
-                   help="a named dataset instead (with --data: where it lives)")
-    p.add_argument("--method", default="knn", choices=("knn", "linear"), help="k-NN or linear probe")
-    p.add_argument("--k", type=positive_int, default=20, help="k-NN: neighbours")
-    p.add_argument("--temperature", type=positive_float, default=0.07, help="k-NN: vote weight exp(similarity / T)")
-    p.add_argument("--vote", default="weighted", choices=("weighted", "majority"),
-                   help="k-NN: DINO's temperature-weighted vote or a plain majority")
-    p.add_argument("--epochs", type=positive_int, default=30, help="linear probe: epochs over the cached features")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="linear probe: AdamW peak learning rate (cosine decay)")
-    p.add_argument("--pool", default="avg", choices=("avg", "token"),
-                   help="feature: mean of the patch tokens, or the class token (not for AR pretraining)")
-    p.add_argument("--as-classifier", action="store_true",
-                   help="pretraining checkpoint: probe the bidirectional classifier built from it (what fine-tuning "
-                        "starts from) instead of the encoder as pretrained")
-    p.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="model fields for random: models and --as-classifier (embed_dim=96 depth=6 patch_size=4 ...)")
-    p.add_argument("--img-size", type=image_size, default=None, metavar="S", help="probe at this resolution")
-    p.add_argument("--train-limit", type=positive_int, default=None, help="use a random subset of N training images")
-    p.add_argument("--val-limit", type=positive_int, default=None, help="use a random subset of N validation images")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
-    p.add_argument("--workers", type=non_negative_int, default=0, help="data-loading worker processes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the subsets and the linear probe")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects in a .pth you trust")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_config_flags(p, [ProbeConfig], group_titles={**GROUP_TITLES, "probe": "probe"})
     p.set_defaults(func=_probe)
+
+
+@dataclass
+class ProbeConfig:
+    """``vimamba probe``."""
+
+    checkpoint: Optional[str] = checkpoint_option("a pretraining or classification checkpoint, or random:MODEL_NAME")
+    trust_checkpoint: bool = trust_checkpoint_option()
+    as_classifier: bool = option(False, "pretraining checkpoint: probe the bidirectional classifier built from it "
+                                 "(what fine-tuning starts from) instead of the encoder as pretrained", "checkpoint")
+    override: Tuple[str, ...] = option((), "model fields for random: models and --as-classifier (embed_dim=96 depth=6 "
+                                       "patch_size=4 ...)", "checkpoint", metavar="KEY=VALUE")
+    data: Optional[str] = option(None, "image folder DIR/train/<class>/* and DIR/val/<class>/*", "data",
+                                 metavar="DIR")
+    dataset: Optional[str] = dataset_option()
+    img_size: Optional[int] = option(None, "probe at this resolution (default: the model's)", "data", metavar="S",
+                                     check=image_size)
+    train_limit: Optional[int] = option(None, "use a random subset of N training images (default: all)", "data",
+                                        metavar="N", check=positive_int)
+    val_limit: Optional[int] = option(None, "use a random subset of N validation images (default: all)", "data",
+                                      metavar="N", check=positive_int)
+    method: str = option("knn", "k-NN or linear probe", "probe", choices=("knn", "linear"))
+    pool: str = option("avg", "feature: mean of the patch tokens, or the class token (not for AR pretraining)",
+                       "probe", choices=("avg", "token"))
+    k: int = option(20, "k-NN: neighbours", "probe", check=positive_int)
+    temperature: float = option(0.07, "k-NN: vote weight exp(similarity / T)", "probe", metavar="T",
+                                check=positive_float)
+    vote: str = option("weighted", "k-NN: DINO's temperature-weighted vote or a plain majority", "probe",
+                       choices=("weighted", "majority"))
+    epochs: int = option(30, "linear probe: epochs over the cached features", "probe", check=positive_int)
+    lr: float = option(1e-3, "linear probe: AdamW peak learning rate (cosine decay)", "probe", check=positive_float)
+    seed: int = option(0, "seed of the subsets and the linear probe", "probe", check=non_negative_int)
+    device: str = device_option()
+    batch_size: int = batch_size_option(256)
+    workers: int = workers_option(0)
+    json: bool = json_option("the result")
+
+    def check(self) -> None:
+        if self.data is None and self.dataset is None:
+            raise InputError("pass --data DIR (an image folder) or --dataset NAME")
 
 
 def _probe(args) -> int:
@@ -162,23 +180,22 @@ def _probe(args) -> int:
 
     from .probe import load_feature_model, run_probe
 
-    if args.data is None and args.dataset is None:
-        raise InputError("pass --data DIR (an image folder) or --dataset NAME")
-    device = args.device
+    cfg = command_config(args, ProbeConfig)
+    device = cfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    feature_model = load_feature_model(args.checkpoint, pool=args.pool, as_classifier=args.as_classifier,
-                                       overrides=parse_settings(args.override, "--override"),
-                                       trust_pickle=args.trust_checkpoint)
+    feature_model = load_feature_model(cfg.checkpoint, pool=cfg.pool, as_classifier=cfg.as_classifier,
+                                       overrides=parse_settings(cfg.override, "--override"),
+                                       trust_pickle=cfg.trust_checkpoint)
     log = (lambda message: print(message, file=sys.stderr, flush=True))
-    result = run_probe(feature_model, dataset=args.dataset, data=args.data, method=args.method, k=args.k,
-                       temperature=args.temperature, vote=args.vote, epochs=args.epochs, lr=args.lr,
-                       batch_size=args.batch_size, workers=args.workers, train_limit=args.train_limit,
-                       val_limit=args.val_limit, img_size=args.img_size, device=device, seed=args.seed, log=log)
-    if args.json:
+    result = run_probe(feature_model, dataset=cfg.dataset, data=cfg.data, method=cfg.method, k=cfg.k,
+                       temperature=cfg.temperature, vote=cfg.vote, epochs=cfg.epochs, lr=cfg.lr,
+                       batch_size=cfg.batch_size, workers=cfg.workers, train_limit=cfg.train_limit,
+                       val_limit=cfg.val_limit, img_size=cfg.img_size, device=device, seed=cfg.seed, log=log)
+    if cfg.json:
         print(json.dumps(result, indent=2))
         return 0
-    what = (f"k-NN (k={result['k']}, {result['vote']} vote, T={result['temperature']:g})" if args.method == "knn"
+    what = (f"k-NN (k={result['k']}, {result['vote']} vote, T={result['temperature']:g})" if cfg.method == "knn"
             else f"linear probe ({result['epochs']} epochs)")
     print(f"{result['model']} on {result['dataset']}: {what} top-1 {result['top1']:.2f}% "
           f"({result['train_count']:,} train / {result['val_count']:,} val images, {result['feature_dim']}-d features)")
