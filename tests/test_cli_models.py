@@ -36,7 +36,7 @@ def test_convert_official_layout_to_safetensors(tmp_path, capsys):
     src = tmp_path / "official.pth"
     torch.save({"model": model.state_dict(), "model_ema": model.state_dict(), "args": argparse.Namespace(x=1)}, src)
     out = tmp_path / "weights.safetensors"
-    assert main(["convert", str(src), str(out), "--weights", "ema"]) == 0
+    assert main(["convert", "--checkpoint", str(src), "--output", str(out), "--weights", "ema"]) == 0
     assert "weights from 'model_ema'" in capsys.readouterr().out
     ckpt = read_checkpoint(out)
     assert all(torch.equal(ckpt.weights[k], v) for k, v in model.state_dict().items())
@@ -47,7 +47,7 @@ def test_user_errors_are_one_line_messages(tmp_path, capsys):
     assert "error: unknown Vim model 'vim_gigantic'" in capsys.readouterr().err
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00" * 10)
-    assert main(["convert", str(bad), str(tmp_path / "o.safetensors")]) == 1
+    assert main(["convert", "--checkpoint", str(bad), "--output", str(tmp_path / "o.safetensors")]) == 1
     err = capsys.readouterr().err
     assert "could not read" in err and "Traceback" not in err
 

@@ -51,7 +51,7 @@ def classifier(tmp_path_factory):
 def onnx_dynamic(classifier, tmp_path_factory):
     _, ckpt = classifier
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    assert cli(["export", str(ckpt), "--format", "onnx", "--output", str(out), "--dynamic"]) == 0
+    assert cli(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out), "--dynamic"]) == 0
     return out
 
 
@@ -148,7 +148,8 @@ def test_static_onnx_takes_its_size_only(classifier, tmp_path, capsys):
 def test_torch_export_program_equals_eager_at_two_sizes(classifier, tmp_path):
     model, ckpt = classifier
     out = tmp_path / "tiny.pt2"
-    assert cli(["export", str(ckpt), "--format", "torch-export", "--output", str(out), "--dynamic"]) == 0
+    assert cli(["export", "--checkpoint", str(ckpt), "--format", "torch-export", "--output", str(out),
+                "--dynamic"]) == 0
     program, meta = load_program(out)
     assert meta.class_names == CLASSES and Preprocessing.from_dict(meta.preprocessing) == PRE
     module = program.module()
@@ -161,7 +162,7 @@ def test_torch_export_program_equals_eager_at_two_sizes(classifier, tmp_path):
 def test_safetensors_export_keeps_preprocessing_and_classes(classifier, tmp_path, capsys):
     model, ckpt = classifier
     out = tmp_path / "again.safetensors"
-    assert cli(["export", str(ckpt), "--format", "safetensors", "--output", str(out)]) == 0
+    assert cli(["export", "--checkpoint", str(ckpt), "--format", "safetensors", "--output", str(out)]) == 0
     from vimamba.train.models import load_classifier
 
     loaded = load_classifier(out)
@@ -183,7 +184,7 @@ def test_segmentation_checkpoint_exports_and_matches(tmp_path):
     torch.save({"dense_task": "segmentation", "dense_config": config.to_dict(), "class_names": ["a", "b", "c"],
                 "data_config": {"crop_size": [32, 32], "scale": [64, 32]}, "model": model.state_dict()}, ckpt)
     out = tmp_path / "seg.onnx"
-    assert cli(["export", str(ckpt), "--output", str(out), "--dynamic"]) == 0
+    assert cli(["export", "--checkpoint", str(ckpt), "--output", str(out), "--dynamic"]) == 0
     onnx_model = OnnxModel(out)
     assert onnx_model.metadata.task == "segmentation" and onnx_model.metadata.class_names == ["a", "b", "c"]
     assert onnx_model.metadata.preprocessing["crop_size"] == [32, 32]
@@ -207,20 +208,20 @@ def _one_error_line(capsys) -> str:
 def test_wrong_kind_of_checkpoint_is_one_clear_error(tmp_path, capsys):
     detection = tmp_path / "det.pth"
     torch.save({"dense_task": "detection", "dense_config": {}, "model": {}}, detection)
-    assert cli(["export", str(detection), "--output", str(tmp_path / "det.onnx")]) == 1
+    assert cli(["export", "--checkpoint", str(detection), "--output", str(tmp_path / "det.onnx")]) == 1
     assert "detection" in _one_error_line(capsys)
 
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 10)
-    assert cli(["export", str(corrupt), "--output", str(tmp_path / "c.onnx")]) == 1
+    assert cli(["export", "--checkpoint", str(corrupt), "--output", str(tmp_path / "c.onnx")]) == 1
     assert "corrupt.pth" in _one_error_line(capsys)
 
     foreign = tmp_path / "foreign.pth"
     torch.save({"model": {"encoder.weight": torch.zeros(3, 3)}}, foreign)
-    assert cli(["export", str(foreign), "--output", str(tmp_path / "f.onnx")]) == 1
+    assert cli(["export", "--checkpoint", str(foreign), "--output", str(tmp_path / "f.onnx")]) == 1
     assert "foreign.pth" in _one_error_line(capsys)
 
-    assert cli(["export", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "m.onnx")]) == 1
+    assert cli(["export", "--checkpoint", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "m.onnx")]) == 1
     assert "not found" in _one_error_line(capsys)
     assert not list(tmp_path.glob("*.onnx"))  # nothing half-written
 

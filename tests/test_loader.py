@@ -279,9 +279,10 @@ def test_a_checkpoint_of_another_task_is_one_clear_error(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(tmp_path / "detection.pth"), str(image)]) == 1
     line = _one_line_error(capsys)
     assert "is a detection checkpoint, not a classification one" in line and "vimamba detect" in line
-    assert main(["convert", str(tmp_path / "pretraining.pth"), str(tmp_path / "w.safetensors")]) == 1
+    pretraining = str(tmp_path / "pretraining.pth")
+    assert main(["convert", "--checkpoint", pretraining, "--output", str(tmp_path / "w.safetensors")]) == 1
     assert "is a pretraining checkpoint" in _one_line_error(capsys)
-    assert main(["export", str(tmp_path / "pretraining.pth"), "--output", str(tmp_path / "p.onnx")]) == 1
+    assert main(["export", "--checkpoint", pretraining, "--output", str(tmp_path / "p.onnx")]) == 1
     assert "is a pretraining checkpoint" in _one_line_error(capsys)
     _, classifier, _ = _current_format("classification")
     torch.save(classifier, tmp_path / "classifier.pth")

@@ -60,7 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = user_message(e)
         if message is None or os.environ.get("VIMAMBA_DEBUG"):
             raise  # a bug: keep the traceback
-        print(f"vimamba {args.command}: error: {message}", file=sys.stderr)
+        action = getattr(args, f"{args.command}_command", None)  # segment eval, detect predict, data check
+        print(f"vimamba {args.command}{' ' + action if action else ''}: error: {message}", file=sys.stderr)
         return 1
 
 

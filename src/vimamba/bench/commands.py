@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -31,7 +33,7 @@ def register(subparsers) -> None:
                    help="vimamba model names and/or timm model names; the first is compared with the others")
     p.add_argument("--resolutions", nargs="+", type=image_size, default=DEFAULT_RESOLUTIONS, metavar="PIXELS",
                    help="square input sizes")
-    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="bf16 = torch.autocast mixed precision")
     p.add_argument("--mode", choices=MODES, default="features",
@@ -61,6 +63,8 @@ def register(subparsers) -> None:
     p.add_argument("--output", default=None, metavar="DIR",
                    help=f"where bench.json, .csv, .md and .png go (default: {DEFAULT_OUTPUT}, or with "
                         "--from-json the folder of that file)")
+    p.add_argument("--json", action="store_true",
+                   help="print the results (bench.json) as JSON to stdout; the progress and tables go to stderr")
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="measure nothing: print the tables, rewrite bench.md and redraw bench.png of an earlier "
                         "bench.json")
@@ -136,6 +140,18 @@ def _command_line(args) -> str:
 
 # ---------------------------------------------------------------------------------------------------- the command
 def _bench(args) -> int:
+    if not args.json:
+        return _run(args)
+    with contextlib.redirect_stdout(sys.stderr):
+        code = _run(args)
+    results = Path(args.from_json) if args.from_json else Path(args.output or DEFAULT_OUTPUT) / "bench.json"
+    if results.is_file():
+        print(results.read_text().rstrip())
+    return code
+
+
+def _run(args) -> int:
+    """Measure (or re-read ``--from-json``), print the tables and write the files."""
     from .report import read_results
 
     if args.from_json:
