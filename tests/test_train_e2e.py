@@ -290,12 +290,14 @@ def test_init_from_a_pretraining_checkpoint_takes_the_encoder_and_its_size(folde
     path = save_pretraining_checkpoint(MAEObjective(encoder, mask_ratio=0.75, decoder_dim=8, decoder_depth=1,
                                                     decoder_heads=2), tmp_path / "mae.pth")
     out = tmp_path / "ft"
-    cfg = tiny(folder, out, init=str(path), embed_dim=None, depth=None, patch_size=None, epochs=1, lr=1e-12,
-               min_lr=0.0, drop_path=0.0)
+    cfg = tiny(folder, out, init=str(path), embed_dim=None, depth=None, patch_size=None, img_size=None, epochs=1,
+               lr=1e-12, min_lr=0.0, drop_path=0.0)
+    assert cfg.task.recipe == "ssl_finetune"  # --recipe auto after pretraining: MAE/ARM's fine-tuning recipe
     assert run_training(cfg).status == "finished"
     assert "initialised from" in capsys.readouterr().out
     saved = load_training_checkpoint(out / "last.pth")
     assert saved["arch"]["overrides"]["d_state"] == 4 and saved["arch"]["overrides"]["embed_dim"] == 8
+    assert saved["preprocessing"]["img_size"] == [16, 16]  # the encoder's input size, not the folder default 224
     pretrained = torch.load(path, weights_only=True)["model"]
     key = "layers.1.mixer.in_proj.weight"  # trained with lr 1e-12: still the encoder's weights
     torch.testing.assert_close(saved["model"][key], pretrained[f"encoder.{key}"], rtol=0, atol=1e-6)

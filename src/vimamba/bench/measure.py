@@ -24,9 +24,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
 from .memory import MemoryProbe, describe_out_of_memory, is_out_of_memory
 from .models import build_model, count_parameters, count_tokens, input_resolution, is_vim_model, model_label
-from ..errors import InputError
 
 __all__ = ["Configuration", "Measurement", "run_configuration", "make_step", "time_steps", "latency_summary", "MODES",
            "DTYPES"]

@@ -15,9 +15,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import InputError, MissingFileError
 from ..io import atomic_write
 from .measure import Measurement
-from ..errors import InputError, MissingFileError
 
 __all__ = ["FORMAT", "collect_environment", "load_average", "format_measurement", "format_table", "compare",
            "format_comparison", "format_markdown", "write_json", "write_csv", "write_markdown", "read_results"]

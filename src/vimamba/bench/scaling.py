@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .measure import Measurement
 from ..errors import InputError
+from .measure import Measurement
 
 __all__ = ["ScalingFit", "fit_exponent", "scaling_report", "format_scaling"]
 

@@ -33,11 +33,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..errors import InputError, MissingFileError
 from ..models.variants import find_registered_name, model_config, resolve_name
 from ..models.vim import VimConfig
 from .format import FORMAT, FORMAT_VERSION, TASKS, CheckpointFormatError, is_current_format, load_checkpoint_file
 from .state_dicts import EMA_KEYS, clean_state_dict, describe_foreign, infer_config, is_state_dict, select_weights
-from ..errors import InputError, MissingFileError
 
 __all__ = ["RunCheckpoint", "read_checkpoint", "build_model", "load_model", "vim_arch", "dense_config",
            "pretraining_checkpoint",

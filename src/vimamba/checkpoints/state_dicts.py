@@ -12,9 +12,9 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from ..errors import InputError
 from ..models.pos_embed import infer_square_grid
 from .format import CheckpointFormatError
-from ..errors import InputError
 
 __all__ = ["clean_state_dict", "is_state_dict", "MODEL_KEYS", "EMA_KEYS", "select_weights", "infer_config",
            "describe_foreign"]

@@ -18,10 +18,10 @@ from typing import Callable, Dict, List, Optional, Union
 
 from torch.utils.data import Dataset
 
+from ..errors import InputError
 from .fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, default_cache_dir, ensure_fashion_mnist
 from .images import IMG_EXTENSIONS, DataError, ImageFolderDataset, is_image_folder
 from .transforms import Preprocessing
-from ..errors import InputError
 
 __all__ = ["DATASET_NAMES", "DatasetSpec", "resolve_dataset", "open_split", "imagenet_class_names",
            "find_split_dir"]

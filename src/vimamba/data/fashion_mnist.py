@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .images import DataError
 from ..errors import InputError
+from .images import DataError
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES", "FashionMNIST", "find_fashion_mnist",
            "ensure_fashion_mnist", "read_idx", "default_cache_dir"]

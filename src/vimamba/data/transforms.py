@@ -16,8 +16,8 @@ from typing import Optional, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
-from .augment import make_augmentations_safe
 from ..errors import InputError
+from .augment import make_augmentations_safe
 
 __all__ = ["Preprocessing", "Augmentation", "build_train_transform", "build_eval_transform"]
 

@@ -31,10 +31,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 
+from ..errors import InputError
 from ..models.registry import create_model
 from ..models.vim import VimConfig, VisionMamba
 from .configs import ConfigDict
-from ..errors import InputError
 
 __all__ = ["BackboneConfig", "VimBackbone", "SimpleFeaturePyramid", "SubmoduleOptimiserHooks", "BackboneHooks",
            "default_out_indices", "prefix_group_matcher", "build_backbone"]

@@ -40,8 +40,8 @@ from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
 from ..data.images import DataError
-from .files import list_examples, read_rgb
 from ..errors import InputError
+from .files import list_examples, read_rgb
 
 __all__ = ["CocoDetection", "AnnotationReport", "detection_train_transform", "collate_detection"]
 

@@ -23,9 +23,9 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from ..errors import InputError
 from .backbone import BackboneConfig, BackboneHooks, build_backbone
 from .configs import ConfigDict
-from ..errors import InputError
 
 __all__ = ["DetectorConfig", "VimFasterRCNN", "VimMaskRCNN", "build_detector", "vitdet_backbone_config"]
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .backbone import BackboneConfig, BackboneHooks, VimBackbone, build_backbone
 from .configs import ConfigDict
 from .heads import FCNHead, UperNetHead
-from ..errors import InputError
 
 __all__ = ["SegmentorConfig", "VimSegmentor", "build_segmentor", "segmentation_loss"]
 

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from .classes import palette
 from ..errors import InputError
+from .classes import palette
 
 __all__ = ["class_mask_png", "overlay_classes", "draw_detections", "save_rgb"]
 

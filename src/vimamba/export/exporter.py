@@ -20,11 +20,11 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..errors import InputError, MissingFileError
 from ..io import atomic_write
 from ..models.checkpoint import CheckpointError
 from .loading import Exportable, load_exportable
 from .metadata import ExportMetadata
-from ..errors import InputError, MissingFileError
 
 __all__ = ["export_checkpoint", "FORMATS", "load_program", "PROGRAM_METADATA_FILE"]
 

@@ -12,9 +12,9 @@ from typing import Union
 
 import torch
 
+from ..errors import InputError
 from ..io import atomic_write
 from .metadata import METADATA_KEY, ExportMetadata
-from ..errors import InputError
 
 __all__ = ["program_to_onnx", "DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME"]
 

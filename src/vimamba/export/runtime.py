@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .metadata import METADATA_KEY, ExportMetadata
 from ..errors import InputError, MissingFileError
+from .metadata import METADATA_KEY, ExportMetadata
 
 __all__ = ["OnnxModel", "open_session", "read_onnx_metadata", "load_onnx_classifier"]
 

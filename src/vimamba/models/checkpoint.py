@@ -24,10 +24,10 @@ from ..checkpoints.format import CheckpointFormatError, make_checkpoint
 from ..checkpoints.loading import (ARCH_KEY, CLASS_NAMES_KEY, CONFIG_KEY, PREPROCESSING_KEY, RunCheckpoint,
                                    read_checkpoint, vim_arch)
 from ..checkpoints.state_dicts import clean_state_dict, describe_foreign, infer_config, select_weights
+from ..errors import InputError
 from ..io import atomic_write
 from .pos_embed import infer_square_grid, resize_pos_embed
 from .variants import find_registered_name
-from ..errors import InputError
 
 __all__ = [
     "CheckpointError",

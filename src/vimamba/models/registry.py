@@ -26,11 +26,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
+from ..errors import DownloadError, InputError
 from .variants import (OFFICIAL_REPOSITORY, VARIANTS, ModelEntry, find_registered_name, get_model_entry,
                        list_models, model_config, resolve_name)
 from .vim import VimConfig, VisionMamba
 from .weights import checkpoint_filter_fn, load_pretrained
-from ..errors import DownloadError, InputError
 
 __all__ = ["ModelEntry", "create_model", "list_models", "find_registered_name", "get_model_entry",
            "resolve_name", "model_config", "default_cfgs"]

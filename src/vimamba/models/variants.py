@@ -10,8 +10,8 @@ import fnmatch
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
-from .vim import VimConfig
 from ..errors import ArgumentsError, InputError, UnknownNameError
+from .vim import VimConfig
 
 __all__ = ["ModelEntry", "VARIANTS", "OFFICIAL_REPOSITORY", "resolve_name", "get_model_entry", "list_models",
            "model_config", "find_registered_name"]

@@ -35,10 +35,10 @@ from timm.layers import DropPath, lecun_normal_, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError
 from ..ops import bidirectional_conv_silu, bidirectional_selective_scan, resolve_scan_impl
 from ..ops.scan_inputs import ScanInputs
 from .pos_embed import insert_cls_token, remove_cls_token, resize_pos_embed, same_grid
-from ..errors import InputError
 
 __all__ = ["VimConfig", "VisionMamba", "VimBlock", "BiMambaMixer", "RMSNorm", "PatchEmbed"]
 

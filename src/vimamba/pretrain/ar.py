@@ -28,11 +28,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
+from ..errors import InputError
 from ..models.vim import VimConfig
 from .causal import ForwardOnlyVim
 from .decoders import CrossAttentionBlock, init_decoder_weights, sincos_pos_embed
 from .patches import check_cluster_grid, cluster_order, normalised_patches, patchify, unpatchify
-from ..errors import InputError
 
 __all__ = ["ARObjective", "block_causal_mask"]
 

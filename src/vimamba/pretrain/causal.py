@@ -29,10 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InputError
 from ..models.pos_embed import insert_cls_token, remove_cls_token, resize_pos_embed, split_pos_embed
 from ..models.vim import BiMambaMixer, VimBlock, VimConfig, VisionMamba
 from ..ops import bidirectional_selective_scan, depthwise_conv1d, resolve_scan_impl
-from ..errors import InputError
 
 __all__ = ["forward_selective_scan", "ForwardOnlyMixer", "ForwardOnlyBlock", "ForwardOnlyVim"]
 

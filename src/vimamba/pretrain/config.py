@@ -23,8 +23,8 @@ import torch.nn as nn
 from ..cli_args import image_size, non_negative_int, positive_float, positive_int, probability, \
     unit_interval_open
 from ..engine.config import ConfigMixin, EngineConfig, build_configs, option
-from ..models.vim import VimConfig
 from ..errors import InputError
+from ..models.vim import VimConfig
 
 __all__ = ["PretrainConfig", "ARConfig", "MAEConfig", "OBJECTIVES", "config_for", "pretrain_configs",
            "objective_only_fields", "build_objective", "build_pretrain_transform"]

@@ -29,11 +29,11 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
+from ..errors import InputError
 from ..models.pos_embed import insert_cls_token, remove_cls_token, split_pos_embed
 from ..models.vim import VimConfig, VisionMamba
 from .decoders import init_decoder_weights, sincos_pos_embed
 from .patches import normalised_patches, patchify, unpatchify
-from ..errors import InputError
 
 __all__ = ["MAEObjective", "random_sorted_keep"]
 

@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader, Subset
 from ..data.datasets import open_split, resolve_dataset
 from ..data.images import collate_skipping_unreadable
 from ..data.transforms import Preprocessing, build_eval_transform
+from ..errors import InputError, MissingFileError
 from ..models.pos_embed import remove_cls_token
 from .knn import knn_accuracy
-from ..errors import InputError, MissingFileError
 
 __all__ = ["FeatureModel", "load_feature_model", "compute_features", "train_linear_probe", "run_probe",
            "RANDOM_PREFIX"]

@@ -27,13 +27,13 @@ from ..data.images import collate_skipping_unreadable
 from ..data.transforms import build_eval_transform
 from ..engine.distributed import all_reduce_sums, get_rank, unwrap_model
 from ..engine.task import StepOutput, Task
+from ..errors import InputError
 from ..models.variants import model_config, resolve_name
 from ..models.vim import VimConfig
 from .config import PretrainConfig, build_objective, build_pretrain_transform
 from .data import UnlabelledSource, resolve_unlabelled
 from .patches import check_cluster_grid
 from .visualize import write_reconstructions
-from ..errors import InputError
 
 __all__ = ["PretrainTask", "RECONSTRUCTIONS_DIR", "encoder_overrides"]
 

@@ -8,7 +8,6 @@ exported as ``model.safetensors`` with their class names and preprocessing (Vim 
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -102,11 +101,7 @@ class ClassificationTask(Task):
         if cfg.init and not self.engine_cfg.resume:
             from ..pretrain.transfer import read_pretraining_checkpoint
 
-            pretraining = read_pretraining_checkpoint(cfg.init)
-            encoder = pretraining.encoder_config
-            if encoder is not None:  # the encoder's size unless a flag says otherwise
-                sizes = {k: v if v is not None else getattr(encoder, k) for k, v in sizes.items()}
-                self.cfg = replace(cfg, **sizes)  # saved with the run: a resumed run rebuilds the same network
+            pretraining = read_pretraining_checkpoint(cfg.init)  # its sizes are in cfg (train.config.encoder_sizes)
         model, self.model_spec = create_classifier(
             cfg.model, img_size=pre.img_size[0] if pre.img_size[0] == pre.img_size[1] else pre.img_size,
             num_heads=cfg.num_heads, in_chans=pre.in_chans, num_classes=spec.num_classes, drop_path=cfg.drop_path,

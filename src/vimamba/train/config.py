@@ -149,10 +149,14 @@ RECIPE_NOTES = {
 }
 
 
-def pick_recipe(model: str, *, finetune: bool, demo: bool, stride: Optional[int] = None) -> str:
-    """The recipe ``--recipe auto`` means for this model and run."""
+def pick_recipe(model: str, *, finetune: bool, demo: bool, stride: Optional[int] = None,
+                init: bool = False) -> str:
+    """The recipe ``--recipe auto`` means for this model and run (``init``: starting from self-supervised
+    pretraining, which MAE and ARM fine-tune with layer-wise lr decay)."""
     if demo:
         return "demo"
+    if init:
+        return "ssl_finetune"
     name = model.lower()
     stride8 = "stride8" in name or stride == 8
     if finetune and stride8 and name.startswith(("vim_tiny", "vim_small")):
@@ -178,15 +182,35 @@ def resolve_config(explicit: Dict[str, Any], saved: Optional[Dict[str, Any]] = N
                              " differ from the checkpoint's. Start a new run from its weights with --finetune instead")
         base = {k: v for k, v in saved.items() if k in known}
         return _make({**base, **explicit})
+    if explicit.get("init"):
+        sizes = encoder_sizes(explicit["init"])
+        explicit = {**explicit, **{k: v for k, v in sizes.items() if explicit.get(k) is None}}
     demo = explicit.get("data") is None and explicit.get("dataset") is None
     recipe = explicit.get("recipe", "auto")
     if recipe == "auto":
         recipe = pick_recipe(explicit.get("model", "" if demo else ClassificationConfig.model), finetune=bool(
-            explicit.get("finetune") or explicit.get("init")), demo=demo, stride=explicit.get("stride"))
+            explicit.get("finetune") or explicit.get("init")), demo=demo, stride=explicit.get("stride"),
+            init=bool(explicit.get("init")))
     if recipe not in RECIPES:
         raise InputError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)} or auto")
     values = {**field_defaults(*classes), **ENGINE_DEFAULTS, **RECIPES[recipe], **explicit, "recipe": recipe}
     return _make(values)
+
+
+def encoder_sizes(init: str) -> Dict[str, Any]:
+    """The size settings of the encoder in the pretraining checkpoint ``init``: a run started with ``--init`` builds
+    that network unless a flag says otherwise. Reading it here also refuses a wrong file before anything is
+    written."""
+    from ..pretrain.transfer import read_pretraining_checkpoint
+
+    encoder = read_pretraining_checkpoint(init).encoder_config
+    if encoder is None:
+        return {}
+    sizes = {k: getattr(encoder, k) for k in ("patch_size", "stride", "embed_dim", "depth", "d_state")}
+    height, width = encoder.img_size
+    if height == width:
+        sizes["img_size"] = height
+    return sizes
 
 
 def _make(values: Dict[str, Any]) -> TrainConfig:
