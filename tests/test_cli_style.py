@@ -9,8 +9,8 @@ import pytest
 from vimamba.cli import build_parser, main
 
 # commands that read a trained model, and commands that print metrics
-READ_A_MODEL = {"eval", "predict", "probe", "export", "convert", "segment eval", "segment predict", "detect eval",
-                "detect predict"}
+READ_A_MODEL = {"eval", "predict", "probe", "export", "convert", "info", "segment eval", "segment predict",
+                "detect eval", "detect predict"}
 PRINT_METRICS = {"eval", "probe", "segment eval", "detect eval", "info", "bench"}
 TRAINING = {"train", "segment train", "detect train", "pretrain"}
 

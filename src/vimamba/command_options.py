@@ -33,7 +33,8 @@ def checkpoint_option(what: str = CLASSIFIER_CHECKPOINT, *, required: bool = Tru
                       also_positional: bool = False) -> Any:
     """``--checkpoint CKPT``: the trained model a command reads. ``also_positional``: the command's older spelling
     (``segment eval CKPT``) still works."""
-    return option(None, what, "checkpoint", metavar="CKPT", required=required, also_positional=also_positional)
+    return option(None, what, "checkpoint", flag="--checkpoint", metavar="CKPT", required=required,
+                  also_positional=also_positional)
 
 
 def weights_option() -> Any:

@@ -5,10 +5,11 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from ..cli_args import check_image_size, image_size
-from ..command_options import GROUP_TITLES, checkpoint_option, trust_checkpoint_option, weights_option
+from ..command_options import (GROUP_TITLES, checkpoint_option, json_option, trust_checkpoint_option,
+                               weights_option)
 from ..engine.config import add_config_flags, command_config, option
 
 
@@ -21,11 +22,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("info", help="describe a model name or any checkpoint file (task, architecture, "
                                            "step, classes, preprocessing, format)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help="registered model name or checkpoint path")
-    p.add_argument("--img-size", type=image_size, nargs="+", default=None, help="also show the token count at these sizes")
-    p.add_argument("--json", action="store_true", help="print the description as JSON")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects in a .pth you trust")
+                              epilog="The checkpoint or model name may also be given as the first argument (the "
+                                     "older spelling: vimamba info NAME|CKPT).")
+    add_config_flags(p, [InfoConfig], group_titles=GROUP_TITLES)
     p.set_defaults(func=_info)
 
     p = subparsers.add_parser(
@@ -34,6 +33,18 @@ def register(subparsers) -> None:
                "spelling: vimamba convert CKPT OUT).")
     add_config_flags(p, [ConvertConfig], group_titles=GROUP_TITLES)
     p.set_defaults(func=_convert)
+
+
+@dataclass
+class InfoConfig:
+    """``vimamba info``."""
+
+    model: Optional[str] = checkpoint_option("a checkpoint file (any format vimamba reads) or a registered model name",
+                                             also_positional=True)
+    trust_checkpoint: bool = trust_checkpoint_option()
+    img_size: Optional[Tuple[int, ...]] = option(None, "also show the token count at these sizes", "output",
+                                                 metavar="S", nargs="+", check=image_size)
+    json: bool = json_option("the description")
 
 
 @dataclass
@@ -96,35 +107,36 @@ def _print_tokens(tokens: dict) -> None:
 
 
 def _info(args) -> int:
-    if Path(args.model).exists():
-        return _info_checkpoint(args)
+    options = command_config(args, InfoConfig)
+    if Path(options.model).exists():
+        return _info_checkpoint(options)
     import torch
 
     from .registry import model_config
     from .vim import VisionMamba
 
-    cfg = model_config(args.model)
+    cfg = model_config(options.model)
     with torch.device("meta"):
         model = VisionMamba(cfg)
-    info = {"name": args.model, "parameters": _count(model), "config": cfg.to_dict(),
-            "tokens": _tokens(cfg, args.img_size)}
-    if args.json:
+    info = {"name": options.model, "parameters": _count(model), "config": cfg.to_dict(),
+            "tokens": _tokens(cfg, options.img_size)}
+    if options.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"architecture: {args.model}")
+    print(f"architecture: {options.model}")
     print(f"parameters: {info['parameters']:,}")
     print(json.dumps(info["config"], indent=2))
     _print_tokens(info["tokens"])
     return 0
 
 
-def _info_checkpoint(args) -> int:
+def _info_checkpoint(options: InfoConfig) -> int:
     """Describe any checkpoint through the loader, without building its model."""
     from ..checkpoints.loading import read_checkpoint
     from ..checkpoints.state_dicts import describe_foreign
     from .vim import VimConfig
 
-    ckpt = read_checkpoint(args.model, trust_pickle=args.trust_checkpoint)
+    ckpt = read_checkpoint(options.model, trust_pickle=options.trust_checkpoint)
     vim = ckpt.vim_config()
     info = {
         "path": str(ckpt.path), "source_format": ckpt.source_format, "task": ckpt.task, "arch": ckpt.arch,
@@ -132,11 +144,11 @@ def _info_checkpoint(args) -> int:
         "class_names": ckpt.class_names, "preprocessing": ckpt.preprocessing, "data_config": ckpt.data_config,
         "weights": {"from": ckpt.weights_key, "tensors": len(ckpt.weights),
                     "values": sum(v.numel() for v in ckpt.weights.values()), "ema": ckpt.ema_weights is not None},
-        "vim_config": vim, "tokens": _tokens(VimConfig.from_dict(vim), args.img_size) if vim else {},
+        "vim_config": vim, "tokens": _tokens(VimConfig.from_dict(vim), options.img_size) if vim else {},
     }
     if ckpt.task is None:
         info["looks_like"] = describe_foreign(ckpt.weights)
-    if args.json:
+    if options.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
     print(f"checkpoint '{ckpt.path}' ({ckpt.source_format})")
