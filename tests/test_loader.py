@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import vimamba
-from vimamba.checkpoints import (CheckpointFormatError, build_model, load_model, make_checkpoint, read_checkpoint,
+from vimamba.loader import build_model, load_model
+from vimamba.checkpoints import (CheckpointFormatError, make_checkpoint, read_checkpoint,
                                  vim_arch)
 from vimamba.cli import main
 from vimamba.data.transforms import Preprocessing
@@ -337,7 +338,7 @@ def test_damaged_files_are_one_clear_error(tmp_path):
 
 
 def test_pretraining_checkpoints_of_every_layout_initialise_a_classifier(tmp_path):
-    from vimamba.checkpoints import pretraining_checkpoint
+    from vimamba.loader import pretraining_checkpoint
     from vimamba.pretrain import classifier_from_pretraining
 
     objective, checkpoint, _ = _current_format("pretraining")

@@ -7,10 +7,11 @@
 
 Importing vimamba also registers the models with timm (``timm.create_model("vim_tiny_patch16_224")``).
 """
-# models first: vimamba.models uses the loader, which imports only the leaf modules of vimamba.models
+# models first: vimamba.models reads checkpoints with vimamba.checkpoints, which imports only its leaf modules
 from .models import (Checkpoint, CheckpointError, VimConfig, VisionMamba, create_model, list_models,  # isort: skip
                      load_checkpoint, save_weights)
-from .checkpoints import RunCheckpoint, build_model, load_model, read_checkpoint  # isort: skip
+from .checkpoints import RunCheckpoint, read_checkpoint  # isort: skip
+from .loader import build_model, load_model  # isort: skip
 
 __version__ = "0.1.0"
 

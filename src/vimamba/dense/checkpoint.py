@@ -13,11 +13,12 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch.nn as nn
 
-from ..checkpoints.loading import build_model, dense_config, read_checkpoint
+from ..checkpoints.format import CheckpointFormatError
+from ..checkpoints.reading import RunCheckpoint, check_task, load_exactly, read_checkpoint
 from .detector import DetectorConfig, build_detector
 from .segmentor import SegmentorConfig, build_segmentor
 
-__all__ = ["DenseCheckpoint", "build_dense_model", "load_dense_model", "TASKS"]
+__all__ = ["DenseCheckpoint", "build_dense_model", "dense_config", "load_dense_model", "TASKS"]
 
 TASKS = ("segmentation", "detection")
 
@@ -42,10 +43,32 @@ def build_dense_model(task: str, config: Union[SegmentorConfig, DetectorConfig],
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
+def dense_config(ckpt: RunCheckpoint) -> Union[SegmentorConfig, DetectorConfig]:
+    """The :class:`SegmentorConfig` / :class:`DetectorConfig` a dense checkpoint stores."""
+    config_cls = {"segmentation": SegmentorConfig, "detection": DetectorConfig}.get(ckpt.task or "")
+    if config_cls is None:
+        raise CheckpointFormatError(f"{ckpt.describe()} is not a segmentation or detection checkpoint")
+    try:
+        return config_cls.from_dict(dict(ckpt.task_config["dense_config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointFormatError(f"{ckpt.where} stores a {ckpt.task} configuration this vimamba cannot build: "
+                                    f"{e}") from e
+
+
+def build_dense_checkpoint_model(ckpt: RunCheckpoint, *, use_ema: bool = False,
+                                 task: Optional[str] = None) -> nn.Module:
+    """The eval-mode segmentor / detector of a read checkpoint, with its (EMA) weights."""
+    found = check_task(ckpt, task or TASKS)
+    weights, _ = ckpt.select("ema" if use_ema else "auto")
+    model = build_dense_model(found, dense_config(ckpt))
+    load_exactly(model, weights, ckpt, "the model its own config describes")
+    return model.eval()
+
+
 def load_dense_model(path: Union[str, os.PathLike], task: Optional[str] = None):
     """(model in eval mode with the checkpoint's weights, :class:`DenseCheckpoint`) from a dense checkpoint file."""
     ckpt = read_checkpoint(path)
-    model = build_model(ckpt, task=task or TASKS)
+    model = build_dense_checkpoint_model(ckpt, task=task)
     info = DenseCheckpoint(str(ckpt.task), dense_config(ckpt), list(ckpt.class_names), dict(ckpt.data_config),
                            ckpt.step)
     return model, info

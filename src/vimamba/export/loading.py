@@ -14,7 +14,9 @@ from typing import Any, Dict, List, Tuple, Union
 
 import torch.nn as nn
 
-from ..checkpoints.loading import RunCheckpoint, dense_config, load_model, read_checkpoint
+from ..checkpoints.reading import RunCheckpoint, read_checkpoint
+from ..dense.checkpoint import dense_config
+from ..loader import load_model
 from ..models.checkpoint import CheckpointError
 from ..models.vim import VisionMamba
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoints.format import CheckpointFormatError, make_checkpoint
-from ..checkpoints.loading import (ARCH_KEY, CLASS_NAMES_KEY, CONFIG_KEY, PREPROCESSING_KEY, RunCheckpoint,
+from ..checkpoints.reading import (ARCH_KEY, CLASS_NAMES_KEY, CONFIG_KEY, PREPROCESSING_KEY, RunCheckpoint,
                                    read_checkpoint, vim_arch)
 from ..checkpoints.state_dicts import clean_state_dict, describe_foreign, infer_config, select_weights
 from ..errors import InputError

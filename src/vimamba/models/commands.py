@@ -132,7 +132,7 @@ def _info(args) -> int:
 
 def _info_checkpoint(options: InfoConfig) -> int:
     """Describe any checkpoint through the loader, without building its model."""
-    from ..checkpoints.loading import read_checkpoint
+    from ..checkpoints.reading import read_checkpoint
     from ..checkpoints.state_dicts import describe_foreign
     from .vim import VimConfig
 
@@ -174,7 +174,8 @@ def _info_checkpoint(options: InfoConfig) -> int:
 
 
 def _convert(args) -> int:
-    from ..checkpoints.loading import load_model, read_checkpoint
+    from ..checkpoints.reading import read_checkpoint
+    from ..loader import load_model
     from ..errors import UserError
     from ..io import same_file
     from .checkpoint import CheckpointError, save_weights

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..checkpoints.loading import read_checkpoint
+from ..checkpoints.reading import read_checkpoint
 from ..checkpoints.state_dicts import select_weights
 from .checkpoint import Checkpoint, LoadReport, load_checkpoint, prepare_state_dict
 

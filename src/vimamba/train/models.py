@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch.nn as nn
 
-from ..checkpoints.loading import PREPROCESSING_KEY, RunCheckpoint, load_model, read_checkpoint
+from ..checkpoints.reading import PREPROCESSING_KEY, RunCheckpoint, read_checkpoint
+from ..loader import load_model
 from ..data.transforms import Preprocessing
 from ..errors import InputError
 from ..models.registry import create_model, list_models, model_config, resolve_name

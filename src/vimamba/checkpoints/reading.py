@@ -1,5 +1,4 @@
-"""The one loader: any checkpoint a user has -> one description (:func:`read_checkpoint`) -> its model
-(:func:`build_model`).
+"""Reading any checkpoint a user has into one description (:func:`read_checkpoint` -> :class:`RunCheckpoint`).
 
 :func:`read_checkpoint` reads, into a :class:`RunCheckpoint` (``source_format`` says which):
 
@@ -18,9 +17,9 @@
 ==========================  ==========================================================================================
 
 Every ``.pth`` is opened by :func:`vimamba.checkpoints.load_checkpoint_file` (the one ``torch.load`` site).
-:func:`build_model` rebuilds the eval-mode model of any task (classifier: Vim or timm; segmentor / detector;
-pretraining objective) and refuses a checkpoint of another task than the one asked for with one line saying what
-the file is and what to do with it.
+Reading builds nothing and imports no task: :mod:`vimamba.loader` rebuilds the model of any task from a
+:class:`RunCheckpoint`, and :func:`check_task` refuses a checkpoint of another task than the one asked for with one
+line saying what the file is and what to do with it.
 """
 from __future__ import annotations
 
@@ -39,8 +38,7 @@ from ..models.vim import VimConfig
 from .format import FORMAT, FORMAT_VERSION, TASKS, CheckpointFormatError, is_current_format, load_checkpoint_file
 from .state_dicts import EMA_KEYS, clean_state_dict, describe_foreign, infer_config, is_state_dict, select_weights
 
-__all__ = ["RunCheckpoint", "read_checkpoint", "build_model", "load_model", "vim_arch", "dense_config",
-           "pretraining_checkpoint",
+__all__ = ["RunCheckpoint", "read_checkpoint", "vim_arch", "check_task", "load_exactly", "DENSE_TASKS",
            "SOURCE_FORMATS", "CONFIG_KEY", "CLASS_NAMES_KEY", "PREPROCESSING_KEY", "ARCH_KEY"]
 
 PathLike = Union[str, os.PathLike]
@@ -323,8 +321,8 @@ def vim_arch(config: Mapping[str, Any], name: Optional[str] = None, *, where: st
             "overrides": {k: v for k, v in full.items() if k != "scan_impl" and v != base.get(k)}}
 
 
-# ---------------------------------------------------------------------------------------------------- building
-def _check_task(ckpt: RunCheckpoint, task: Union[None, str, Sequence[str]]) -> str:
+# ---------------------------------------------------------------------------------------------------- checks
+def check_task(ckpt: RunCheckpoint, task: Union[None, str, Sequence[str]]) -> str:
     """The checkpoint's task, or one line saying it is the wrong kind (or not a model vimamba can build)."""
     if ckpt.task is None:
         raise CheckpointFormatError(f"{ckpt.describe()} is {describe_foreign(ckpt.weights)}")
@@ -338,101 +336,10 @@ def _check_task(ckpt: RunCheckpoint, task: Union[None, str, Sequence[str]]) -> s
     return ckpt.task
 
 
-def build_model(ckpt: RunCheckpoint, *, use_ema: bool = False, task: Union[None, str, Sequence[str]] = None,
-                overrides: Optional[Mapping[str, Any]] = None) -> nn.Module:
-    """The eval-mode model of a checkpoint with its weights (the EMA weights with ``use_ema``).
-
-    ``task``: the task (or tasks) the caller can use; a checkpoint of another task is a
-    :class:`CheckpointFormatError` saying what it is. ``overrides``: :class:`VimConfig` fields changed for a Vim
-    classifier (``img_size`` resizes the position embedding; ``num_classes`` gives a fresh head).
-    """
-    found = _check_task(ckpt, task)
-    weights, key = ckpt.select("ema" if use_ema else "auto")
-    overrides = dict(overrides or {})
-    if overrides and not (found == "classification" and ckpt.arch and ckpt.arch["family"] == "vim"):
-        raise InputError(f"overrides ({sorted(overrides)}) apply to Vim classifiers, not to {ckpt.describe()}")
-    if found == "classification":
-        model = _build_classifier(ckpt, weights, key, overrides)
-    elif found in DENSE_TASKS:
-        from ..dense.checkpoint import build_dense_model
-
-        model = build_dense_model(found, dense_config(ckpt))
-        _load_exactly(model, weights, ckpt, "the model its own config describes")
-    else:
-        from ..pretrain.transfer import objective_from_pretraining
-
-        model = objective_from_pretraining(pretraining_checkpoint(ckpt, use_ema=use_ema))
-    return model.eval()
-
-
-def _load_exactly(model: nn.Module, weights: Dict[str, torch.Tensor], ckpt: RunCheckpoint, what: str) -> None:
+def load_exactly(model: nn.Module, weights: Dict[str, torch.Tensor], ckpt: RunCheckpoint, what: str) -> None:
+    """Load ``weights`` into ``model`` with every key matching, or one error naming ``ckpt`` and ``what`` it should
+    fit."""
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointFormatError(f"the weights in {ckpt.where} do not fit {what}: {e}") from e
-
-
-def _build_classifier(ckpt: RunCheckpoint, weights: Dict[str, torch.Tensor], key: str,
-                      overrides: Dict[str, Any]) -> nn.Module:
-    arch = ckpt.arch
-    assert arch is not None  # a classification checkpoint always has one
-    if arch["family"] == "timm":
-        import timm
-
-        try:
-            model = timm.create_model(arch["name"], pretrained=False, **arch["overrides"])
-        except (RuntimeError, TypeError, ValueError) as e:
-            raise CheckpointFormatError(f"{ckpt.where} names a timm model timm cannot build ({arch}): {e}") from e
-        _load_exactly(model, weights, ckpt, f"the timm model {arch['name']} it describes")
-    else:
-        from ..models.checkpoint import Checkpoint, load_checkpoint
-        from ..models.registry import create_model
-
-        config = ckpt.vim_config()
-        model = create_model(arch["name"], **{**arch["overrides"], **overrides})
-        load_checkpoint(model, Checkpoint(state_dict=weights, config=config, arch=arch["name"], weights_key=key,
-                                          path=ckpt.path), ignore_head="num_classes" in overrides)
-    if ckpt.class_names:
-        model.class_names = list(ckpt.class_names)
-    return model
-
-
-def dense_config(ckpt: RunCheckpoint):
-    """The :class:`~vimamba.dense.SegmentorConfig` / :class:`~vimamba.dense.DetectorConfig` of a dense checkpoint."""
-    from ..dense.detector import DetectorConfig
-    from ..dense.segmentor import SegmentorConfig
-
-    config_cls = {"segmentation": SegmentorConfig, "detection": DetectorConfig}.get(ckpt.task or "")
-    if config_cls is None:
-        raise CheckpointFormatError(f"{ckpt.describe()} is not a segmentation or detection checkpoint")
-    try:
-        return config_cls.from_dict(dict(ckpt.task_config["dense_config"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointFormatError(f"{ckpt.where} stores a {ckpt.task} configuration this vimamba cannot build: "
-                                    f"{e}") from e
-
-
-def pretraining_checkpoint(ckpt: RunCheckpoint, *, use_ema: bool = False):
-    """A pretraining checkpoint of any layout as :class:`vimamba.pretrain.transfer.PretrainingCheckpoint`, what
-    ``objective_from_pretraining`` / ``classifier_from_pretraining`` take."""
-    from ..pretrain.transfer import PretrainingCheckpoint
-
-    _check_task(ckpt, "pretraining")
-    weights, _ = ckpt.select("ema" if use_ema else "auto")
-    record = {**ckpt.task_config, "preprocessing": ckpt.preprocessing}
-    if not record.get("encoder_config"):
-        record["encoder_config"] = ckpt.vim_config()
-    return PretrainingCheckpoint(str(record.get("objective")), weights, record, ckpt.where)
-
-
-def load_model(source: Union[PathLike, RunCheckpoint], *, weights: str = "auto", trust_pickle: bool = False,
-               task: Union[None, str, Sequence[str]] = None, **overrides: Any) -> nn.Module:
-    """The eval-mode model of any checkpoint: ``read_checkpoint`` + ``build_model``.
-
-    ``weights``: "auto"/"model" (the trained weights) or "ema". ``task``: refuse checkpoints of other tasks.
-    ``**overrides``: :class:`VimConfig` fields of a Vim classifier to change (``num_classes`` gives a fresh head,
-    ``img_size`` / ``stride`` resize the position embedding).
-    """
-    ckpt = source if isinstance(source, RunCheckpoint) else read_checkpoint(source, trust_pickle=trust_pickle)
-    ckpt.select(weights)  # "model" in a file that only has EMA weights, "ema" in one without: a clear error
-    return build_model(ckpt, use_ema=weights == "ema", task=task, overrides=overrides)
