@@ -278,6 +278,31 @@ def pretrain(name: str, encoder_cfg: VimConfig, data, args, output: Path, record
     return objective
 
 
+def fit_head(model: VisionMamba, images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int) -> None:
+    """LP-FT's first stage: set ``model.head`` to a linear probe of the model's own frozen pooled features on the
+    labelled images (standardised features + a linear layer trained with AdamW, the standardisation folded into
+    the head's weights), so that fine-tuning starts from a head that fits the features instead of a random one."""
+    model.eval()
+    feats = features(lambda x: model.forward_head(model.forward_features(x), pre_logits=True), images)
+    mean, std = feats.mean(0), feats.std(0) + 1e-6
+    generator = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(feats.shape[1], NUM_CLASSES)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.01, generator=generator)
+        head.bias.zero_()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    z = (feats - mean) / std
+    for _ in range(epochs):
+        for idx in torch.randperm(len(z), generator=generator).split(128):
+            loss = F.cross_entropy(head(z[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        model.head.weight.copy_(head.weight / std)
+        model.head.bias.copy_(head.bias - (head.weight / std) @ mean)
+
+
 @torch.no_grad()
 def test_accuracy(model: torch.nn.Module, data) -> float:
     test_x, test_y = data["test"]
@@ -289,7 +314,10 @@ def finetune(init: Optional[Path], encoder_cfg: VimConfig, data, subset: torch.T
              ) -> float:
     """Fine-tune a bidirectional Vim classifier (mean-pooled patch tokens + linear head) on the labelled ``subset``
     with :func:`benchmark_loop`; ``init`` a pretraining checkpoint (layer-wise lr decay ``--layer-decay``) or None
-    (from scratch, no layer decay: nothing to preserve). Test top-1 (%) on all 10,000 test images."""
+    (from scratch, no layer decay: nothing to preserve); with ``--head-init probe`` the head of a run from
+    pretraining first fits the frozen features (LP-FT, :func:`fit_head`); scratch runs keep a random head (a probe of
+    random features only hurts them: 57.6% against 63.3% on seed 0 of the 1% split). Test top-1 (%) on all 10,000
+    test images."""
     torch.manual_seed(seed)
     if init is None:
         model = VisionMamba(replace(encoder_cfg, num_classes=NUM_CLASSES, global_pool="avg"))
@@ -298,6 +326,8 @@ def finetune(init: Optional[Path], encoder_cfg: VimConfig, data, subset: torch.T
         model, _ = classifier_from_pretraining(init, NUM_CLASSES, global_pool="avg")
         groups = build_param_groups(model, args.ft_weight_decay, layer_decay=args.layer_decay)
     train_x, train_y = data["train"]
+    if args.head_init == "probe" and init is not None:
+        fit_head(model, train_x[subset], train_y[subset], args.head_epochs, seed)
     benchmark_loop(model, groups, lambda x, y: F.cross_entropy(model(x), y, label_smoothing=0.1),
                    train_x[subset], train_y[subset], steps=steps, batch_size=args.ft_batch_size, lr=args.ft_lr,
                    betas=(0.9, 0.999), seed=seed, log_every=100, label=f"finetune {init.stem if init else 'scratch'}")
@@ -413,8 +443,8 @@ def targets(probes, tuned, speed, summary) -> List[str]:
             if name in ips:
                 ratio = ips["supervised"] / ips[name]
                 verdicts[f"throughput_{name}"] = ratio
-                out.append(f"- Pretraining throughput, {name}: {ratio:.2f}× slower than supervised "
-                           f"({'met' if ratio <= 1.5 else 'missed'}: target ≤ 1.5×).")
+                out.append(f"- Pretraining throughput, {name}: {ratio:.2f}× the time per image of supervised "
+                           f"training ({'met' if ratio <= 1.5 else 'missed'}: target ≤ 1.5×).")
     summary["targets"] = verdicts
     return out or ["- nothing measured yet."]
 
@@ -443,9 +473,14 @@ def main() -> int:
     ft.add_argument("--ft-lr", type=float, default=1e-3)
     ft.add_argument("--ft-weight-decay", type=float, default=0.05)
     ft.add_argument("--layer-decay", type=float, default=0.75, help="for runs from pretraining")
+    ft.add_argument("--head-init", choices=["random", "probe"], default="random",
+                    help="probe: LP-FT, a run from pretraining starts with a linear probe of its frozen features "
+                         "as its head (scratch runs: random head)")
+    ft.add_argument("--head-epochs", type=int, default=100, help="--head-init probe: epochs of the probe")
     tp = parser.add_argument_group("throughput")
     tp.add_argument("--throughput-rounds", type=int, default=4)
     tp.add_argument("--throughput-steps", type=int, default=5, help="steps per model per round")
+    ev.add_argument("--skip-probes", action="store_true", help="no frozen-feature probes (e.g. with --reuse-pretraining)")
     parser.add_argument("--deadline", default=None, help="HH:MM UTC: skip (and record) what would not finish")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
     parser.add_argument("--output", default="benchmarks/results/pretrain_fashion_mnist")
@@ -480,7 +515,7 @@ def main() -> int:
     render(records.read(), output)
 
     # 3. frozen features, per seed: random init (both encoder layouts) vs pretrained
-    for seed in args.seeds:
+    for seed in ([] if args.skip_probes else args.seeds):
         train_idx = balanced_subset(data["train"][1], args.knn_train, seed)
         test_idx = balanced_subset(data["test"][1], args.knn_test, seed)
         models = {}
