@@ -48,8 +48,9 @@ from vimamba.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from vimamba.data.fashion_mnist import FashionMNIST, ensure_fashion_mnist
 from vimamba.data.transforms import Preprocessing
 from vimamba.models.vim import VimConfig, VisionMamba
-from vimamba.pretrain import (build_objective, classifier_from_pretraining, config_for, knn_accuracy,
+from vimamba.pretrain import (build_objective, classifier_from_pretraining, knn_accuracy,
                               save_pretraining_checkpoint, write_reconstructions)
+from vimamba.pretrain.config import pretrain_configs
 from vimamba.pretrain.probe import train_linear_probe
 from vimamba.engine.optim import build_param_groups
 
@@ -253,8 +254,8 @@ def pretrain(name: str, encoder_cfg: VimConfig, data, args, output: Path, record
     ``--reuse-pretraining`` an existing checkpoint from an earlier run is loaded instead."""
     path = output / f"{name}.pth"
     # the recipe as the project's pretraining config records it (MAE/ARM values; a short-schedule lr, see the docs)
-    recipe = config_for(name, lr=args.lr, batch_size=args.batch_size, weight_decay=0.05, clip_grad=3.0,
-                        scale=(0.5, 1.0), **OBJECTIVE_KWARGS[name])
+    recipe, engine = pretrain_configs(name, dict(lr=args.lr, batch_size=args.batch_size, weight_decay=0.05,
+                                                  clip_grad=3.0, scale=(0.5, 1.0), **OBJECTIVE_KWARGS[name]))
     torch.manual_seed(0)
     objective = build_objective(encoder_cfg, recipe)
     if args.reuse_pretraining and path.exists():
@@ -262,10 +263,10 @@ def pretrain(name: str, encoder_cfg: VimConfig, data, args, output: Path, record
         print(f"{name}: reusing {path}", flush=True)
         return objective.eval()
     start = time.perf_counter()
-    curve = benchmark_loop(objective, build_param_groups(objective, recipe.weight_decay),
+    curve = benchmark_loop(objective, build_param_groups(objective, engine.weight_decay),
                            lambda x, _: objective(x)[0], data["train"][0], None, steps=args.steps,
-                           batch_size=args.batch_size, lr=args.lr, betas=tuple(recipe.opt_betas), seed=0,
-                           clip=recipe.clip_grad, label=f"pretrain {name}", scale=tuple(recipe.scale))
+                           batch_size=args.batch_size, lr=args.lr, betas=tuple(engine.opt_betas), seed=0,
+                           clip=engine.clip_grad, label=f"pretrain {name}", scale=tuple(recipe.scale))
     seconds = time.perf_counter() - start
     save_pretraining_checkpoint(objective, path, config={"steps": args.steps, "batch_size": args.batch_size,
                                                          "lr": args.lr, "loop": "benchmark_loop"},
