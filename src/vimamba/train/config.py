@@ -109,7 +109,7 @@ ENGINE_DEFAULTS: Dict[str, Any] = dict(output="runs/train", model_ema=True)
 ARCH_FIELDS = ("model", "img_size", "patch_size", "stride", "embed_dim", "depth", "d_state", "num_heads")
 
 # The demo: a ~0.5M-parameter Vim (7x7 patches on 28x28: 16 patches + class token) on Fashion-MNIST, on a CPU in
-# about 10 minutes. A schedule this short learns fastest with small batches and flips as the only augmentation
+# about 6 minutes (2 idle cores). A schedule this short learns fastest with small batches and flips as the only augmentation
 # (1-epoch probes: 85.6-86.1% with batch 64 and no crops; 79.4% with random-resized crops 0.6-1 and batch 128).
 _DEMO = dict(
     dataset="fashion-mnist", model="vim_tiny_patch16_224", patch_size=7, stride=7, embed_dim=96, depth=6,
@@ -144,7 +144,7 @@ RECIPE_NOTES = {
     "vim_small": "official Vim-S pre-training (scripts/pt-vim-s.sh): 80.5 top-1 with 8x64 images per step",
     "vim_base": "Vim-B: no official script; main.py defaults (81.9 top-1 reported, recipe unpublished)",
     "vim_ft_stride8": "official '+' stride-8 fine-tuning (scripts/ft-vim-*.sh): 78.3 (Ti+) / 81.6 (S+) top-1",
-    "demo": "Fashion-MNIST on CPU: a 0.5M-parameter Vim, 2 epochs, about 10 minutes on 2 cores",
+    "demo": "Fashion-MNIST on CPU: a 0.5M-parameter Vim, 2 epochs, about 6 minutes on 2 idle cores",
     "ssl_finetune": "fine-tuning after self-supervised pretraining (MAE/ARM): layer-wise lr decay 0.75, 100 epochs",
 }
 
