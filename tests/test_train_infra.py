@@ -87,6 +87,24 @@ def test_recipes_pick_the_official_settings():
         resolve_config({"data": "/x", "resume": "a", "finetune": "b"})
 
 
+def test_a_recipes_vim_only_sizes_do_not_reach_a_deit():
+    """The demo recipe sets Vim sizes (stride, d_state); a DeiT trained by the same recipe keeps its own, while the
+    same setting given as a flag is refused for a DeiT."""
+    from vimamba.train.models import create_classifier
+
+    assert RECIPES["demo"].get("stride") is not None
+    vim = resolve_config({"model": "vim_tiny_patch16_224"}).task
+    assert (vim.stride, vim.d_state) == (RECIPES["demo"]["stride"], RECIPES["demo"].get("d_state"))
+    deit = resolve_config({"model": "deit_tiny_patch16_224", "embed_dim": 32, "depth": 1, "num_heads": 2}).task
+    assert (deit.stride, deit.d_state) == (None, None) and deit.patch_size == RECIPES["demo"]["patch_size"]
+    model, _ = create_classifier(deit.model, img_size=28, in_chans=1, num_classes=10, patch_size=deit.patch_size,
+                                 embed_dim=32, depth=1, num_heads=2, stride=deit.stride, d_state=deit.d_state)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    explicit = resolve_config({"model": "deit_tiny_patch16_224", "d_state": 8}).task
+    with pytest.raises(ValueError, match="--d-state applies to Vim models only"):
+        create_classifier(explicit.model, d_state=explicit.d_state)
+
+
 # ---------------------------------------------------------------------------------------------------- precision
 def _step(precision, model, opt, poison=False, where=""):
     with precision.autocast():
