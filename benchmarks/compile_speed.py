@@ -4,7 +4,7 @@
     PYTHONPATH=src python benchmarks/compile_speed.py --only demo_train --repeats 5 --json compile_speed.json
 
 1. ``demo_train``: training throughput (images/s: forward, cross-entropy, backward, AdamW step) of the
-   Fashion-MNIST demo model (the ``demo`` recipe's Vim: 28x28 grey images, 7x7 patches, D=96, depth 6, batch 64),
+   Fashion-MNIST demo model (the ``demo`` recipe's Vim: 28x28 grey images, 7x7 patches, D=96, depth 6, N=8, batch 64),
    compiled (``torch.compile(model)``, Inductor) against eager;
 2. ``vim_ti_train``: the same for Vim-Ti at 224x224, batch 8 (drop-path 0.1);
 3. ``infer_224`` / ``infer_1024``: inference latency at batch 1 of Vim-Ti against timm's DeiT-Ti
@@ -29,9 +29,12 @@ import torch.nn.functional as F
 import vimamba  # noqa: F401  (registers the Vim models with timm)
 from vimamba.bench.report import cpu_model, write_json
 from vimamba.models.registry import create_model
+from vimamba.train.config import RECIPES
 
 CASES = ("demo_train", "vim_ti_train", "infer_224", "infer_1024")
-DEMO_SHAPE = dict(patch_size=7, stride=7, embed_dim=96, depth=6, img_size=28, in_chans=1, num_classes=10)
+# The demo recipe's network (`vimamba train` without data): its sizes, on 28x28 grey images, 10 classes.
+DEMO_SHAPE = dict({k: RECIPES["demo"][k] for k in ("patch_size", "stride", "embed_dim", "depth", "d_state")},
+                  img_size=28, in_chans=1, num_classes=10)
 
 
 
