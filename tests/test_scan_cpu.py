@@ -125,11 +125,8 @@ def test_chunked_gradcheck_float64_in_several_chunk_groups(monkeypatch):
     assert torch.autograd.gradcheck(bidirectional_scan_chunked, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-@pytest.mark.parametrize("impl", sorted(IMPLS))
-@pytest.mark.parametrize("length,channels", [(1, 3), (70, 19), (197, 16)])
-def test_float32_gradients_match_float64_reference(impl, length, channels):
-    fn = IMPLS[impl]()
-    inputs = make_inputs(2, length, channels, 16, seed=length)
+def assert_gradients_match_reference(fn, length, channels, n_state, seed):
+    inputs = make_inputs(2, length, channels, n_state, seed=seed)
     ours, ref = leaf_copies(inputs), leaf_copies(inputs, torch.float64)
     out, expected = fn(*ours), bidirectional_scan_reference(*ref)
     grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
@@ -138,6 +135,29 @@ def test_float32_gradients_match_float64_reference(impl, length, channels):
     for name, mine, theirs in zip(NAMES, ours, ref):
         assert mine.grad is not None and mine.grad.dtype == mine.dtype, name
         assert relative_error(mine.grad, theirs.grad) < 1e-4, name
+
+
+# State sizes below, at and above a SIMD vector's lanes (8 or 16): dB and dC are summed over channels in groups
+# of as many states as lanes, the last group partly filled.
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+@pytest.mark.parametrize("length,channels,n_state", [(1, 3, 16), (70, 19, 16), (197, 16, 16), (40, 37, 5),
+                                                     (33, 24, 40)])
+def test_float32_gradients_match_float64_reference(impl, length, channels, n_state):
+    assert_gradients_match_reference(IMPLS[impl](), length, channels, n_state, seed=length)
+
+
+def test_portable_native_build_matches_reference(monkeypatch, fresh_library):
+    """The kernel built without -march=native (8-lane vectors, as on CPUs without AVX-512) gives the same results
+    as the reference: the code paths this machine's own build may not take."""
+    monkeypatch.delenv(cpp_scan.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(cpp_scan, "_FLAG_SETS", (["-O3", "-fno-math-errno", "-fopenmp"],))
+    _cpp_or_skip()
+    assert cpp_scan.load_library().vimamba_scan_lanes() == 8
+    for length, channels, n_state in ((70, 19, 16), (40, 37, 5), (33, 24, 40)):
+        assert_gradients_match_reference(cpp_scan.bidirectional_scan_cpp, length, channels, n_state, seed=length)
+    inputs = make_inputs(2, 197, 21, 16, seed=1)
+    expected = bidirectional_scan_reference(*[v.double() if v is not None else None for v in inputs])
+    assert relative_error(cpp_scan.bidirectional_scan_cpp(*inputs), expected) < 2e-5
 
 
 @pytest.mark.parametrize("impl", sorted(IMPLS))

@@ -131,6 +131,50 @@ template <class V> inline float hsum(V v) {
   return s;
 }
 
+// dst[r] += (sum of the lanes of rows[r]) for r < count: the backward pass's sums over channels of dB and dC.
+// With GCC, groups of W rows are reduced by a butterfly of two-vector shuffles: W - 1 steps of 2 shuffles + 1 add
+// for W rows instead of a log2(W)-step reduction per row. At the step with blocks of S lanes (one row's partial
+// sums per block), x and y fold each block's halves into half-blocks side by side: the lower half-block for x's
+// row, the upper for y's. After log2(W) steps lane j holds the sum of row j. rows is used as scratch.
+#if defined(__GNUC__) && !defined(__clang__)
+template <int W, int S, bool Upper> inline typename Vec<W>::i fold_mask() {
+  typename Vec<W>::i m;
+  for (int j = 0; j < W; ++j) {
+    const int block = j / S * S, r = j % S, half = S / 2;
+    m[j] = (r < half ? block + r : W + block + r - half) + (Upper ? half : 0);  // lanes >= W index y
+  }
+  return m;
+}
+
+template <int W, int S> inline void fold(typename Vec<W>::f* v) {
+  if constexpr (S > 1) {
+    for (int i = 0; i < S / 2; ++i)
+      v[i] = __builtin_shuffle(v[i], v[i + S / 2], fold_mask<W, S, false>()) +
+             __builtin_shuffle(v[i], v[i + S / 2], fold_mask<W, S, true>());
+    fold<W, S / 2>(v);
+  }
+}
+
+template <int W> inline void add_row_sums(float* dst, typename Vec<W>::f* rows, int64_t count) {
+  typedef typename Vec<W>::f V;
+  for (int64_t r0 = 0; r0 < count; r0 += W) {
+    V* group = rows + r0;
+    const int64_t n = std::min<int64_t>(W, count - r0);
+    for (int64_t r = n; r < W; ++r) group[r] = splat<V>(0.0f);  // rows has room for a whole group
+    fold<W, W>(group);
+    if (n == W) {
+      store(dst + r0, load<V>(dst + r0) + group[0]);
+    } else {
+      for (int64_t r = 0; r < n; ++r) dst[r0 + r] += group[0][r];
+    }
+  }
+}
+#else
+template <int W> inline void add_row_sums(float* dst, typename Vec<W>::f* rows, int64_t count) {
+  for (int64_t r = 0; r < count; ++r) dst[r] += hsum(rows[r]);
+}
+#endif
+
 // 2^x, relative error < 3e-7; x is clamped to [-125, 127] (2^-125 ~ 2e-38 stands for 0: no denormals).
 // x = k + f with k integer, |f| <= 1/2; 2^f by a degree-5 polynomial (Chebyshev fit), 2^k in the exponent bits.
 template <class V> inline V exp2_fast(V x) {
@@ -148,6 +192,24 @@ template <class V> inline V exp2_fast(V x) {
   // the integer k sits in the low mantissa bits of `shifted`: (k + 127) << 23 are the bits of 2^k
   return p * bitcast<V>((bitcast<I>(shifted) - (0x4B400000 - 127)) << 23);
 }
+
+#if defined(__AVX512F__)
+// AVX-512: the same polynomial, with k rounded by vrndscaleps and 2^k applied by vscalefps (3 instructions fewer
+// per exp; decays underflowing below 2^-126 are flushed to 0 by the kernels' FTZ/DAZ mode). Identical results.
+template <> inline Vec<16>::f exp2_fast(Vec<16>::f x) {
+  typedef Vec<16>::f V;
+  x = vmin(vmax(x, splat<V>(-150.0f)), splat<V>(128.0f));
+  const __m512 k = _mm512_roundscale_ps(bitcast<__m512>(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const V f = x - bitcast<V>(k);
+  V p = splat<V>(0.0013400433f);
+  p = p * f + 0.0096760374f;
+  p = p * f + 0.0555032715f;
+  p = p * f + 0.2402210683f;
+  p = p * f + 0.6931471825f;
+  p = p * f + 1.0000001192f;
+  return bitcast<V>(_mm512_scalef_ps(bitcast<__m512>(p), k));
+}
+#endif
 
 template <class V> inline V exp_fast(V x) { return exp2_fast(x * kLog2e); }
 
@@ -271,6 +333,7 @@ struct Item {
     Parameters w;
     load_parameters(d, w);
     V h_entry[kMaxState], carry[kMaxState], dA[kMaxState];  // carry = a_next * dh_next
+    V dB_rows[kMaxState + W], dC_rows[kMaxState + W];  // a token's dB and dC terms, summed over lanes per state
     for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = splat<V>(0.0f);
     V dD = splat<V>(0.0f), dbias = splat<V>(0.0f);
     float* dB_base = d.dB + (static_cast<int64_t>(thread) * p.batch + b) * L * N;
@@ -315,14 +378,16 @@ struct Item {
         float* dCt = dC_base + t * N;
         for (int64_t n = 0; n < N; ++n) {
           const V dh = carry[n] + g * Ct[n];
-          dCt[n] += hsum(g * hs[n]);
-          dBt[n] += hsum(dh * k.du);
+          dC_rows[n] = g * hs[n];
+          dB_rows[n] = dh * k.du;
           s += dh * Bt[n];
           const V q = dh * as[n] * hp[n];  // d loss / d log(a)
           dA[n] += q * k.delta;
           ddelta += q * w.A[n];
           carry[n] = as[n] * dh;
         }
+        add_row_sums<W>(dCt, dC_rows, N);
+        add_row_sums<W>(dBt, dB_rows, N);
         store(d.du + (b * L + t) * E + e0, s * k.delta + g * w.D);
         const V dd = ddelta + s * k.u;
         const V ddt = k.pre > 20.0f ? dd : dd * sigmoid_fast(k.pre);
