@@ -35,14 +35,28 @@ def _version(package: str) -> Optional[str]:
 
 
 def cpu_model() -> str:
-    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    """The processor's model name, with its family/model numbers and widest SIMD extension where /proc/cpuinfo
+    tells them, e.g. "AMD EPYC (family 26 model 2, AVX-512)": virtual machines often report a generic name, and
+    the same name can stand for hosts of different generations."""
     try:
+        fields = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model", "flags") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip() and fields:  # the first processor's block is enough
+                break
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        fields = {}
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    flags = fields.get("flags", "").split()
+    simd = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags),
+                None)
+    details = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields else []
+    details += [simd] if simd else []
+    return fields["model name"] + (f" ({', '.join(details)})" if details else "")
 
 
 def _total_memory_bytes() -> Optional[int]:
