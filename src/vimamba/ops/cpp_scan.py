@@ -176,25 +176,26 @@ def _as_kernel_input(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _strided(t: torch.Tensor) -> Tuple[int, int, int]:
+    """(address, batch stride, token stride) of a (batch, L, ...) tensor."""
+    stride = t.stride()
+    return t.data_ptr(), stride[0], stride[1]
+
+
 def _problem(inputs, out=None, grad_out=None, dz=None, states=(None, None), grads=(None, None)) -> _Problem:
+    """The kernel's arguments (built with positional constructors: this runs on every call, at batch 1 its cost
+    is not negligible next to the kernel's)."""
     x_f, x_b, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, D_f, D_b, dt_bias_f, dt_bias_b, z = inputs
     batch, length, channels = x_f.shape
-    n_chunks = -(-length // CHUNK)
-    p = _Problem(batch, length, channels, A_f.shape[1], CHUNK, n_chunks, torch.get_num_threads())
-    if z is not None:
-        p.z, p.z_sb, p.z_sl = z.data_ptr(), z.stride(0), z.stride(1)
-    p.out, p.grad_out, p.dz = _ptr(out), _ptr(grad_out), _ptr(dz)
     per_direction = ((x_f, dt_f, B_f, C_f, A_f, D_f, dt_bias_f), (x_b, dt_b, B_b, C_b, A_b, D_b, dt_bias_b))
-    for k, (u, dt, B, C, A, D, bias) in enumerate(per_direction):
-        d = p.dir[k]
-        d.u, d.u_sb, d.u_sl = u.data_ptr(), u.stride(0), u.stride(1)
-        d.dt, d.dt_sb, d.dt_sl = dt.data_ptr(), dt.stride(0), dt.stride(1)
-        d.B, d.B_sb, d.B_sl = B.data_ptr(), B.stride(0), B.stride(1)
-        d.C, d.C_sb, d.C_sl = C.data_ptr(), C.stride(0), C.stride(1)
-        d.A, d.D, d.dt_bias, d.states = A.data_ptr(), _ptr(D), _ptr(bias), _ptr(states[k])
-        if grads[k] is not None:
-            d.du, d.ddt, d.dA, d.dD, d.dbias, d.dB, d.dC = (_ptr(g) for g in grads[k])
-    return p
+    directions = [
+        _Direction(*_strided(u), *_strided(dt), *_strided(B), *_strided(C), A.data_ptr(), _ptr(D), _ptr(bias),
+                   _ptr(states[k]), *(_ptr(g) for g in (grads[k] if grads[k] is not None else (None,) * 7)))
+        for k, (u, dt, B, C, A, D, bias) in enumerate(per_direction)
+    ]
+    return _Problem(batch, length, channels, A_f.shape[1], CHUNK, -(-length // CHUNK), torch.get_num_threads(),
+                    *(_strided(z) if z is not None else (None, 0, 0)), _ptr(out), _ptr(grad_out), _ptr(dz),
+                    (_Direction * 2)(*directions))
 
 
 def native_scan_supported(x_f: torch.Tensor, A_f: torch.Tensor) -> bool:

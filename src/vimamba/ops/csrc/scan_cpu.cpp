@@ -175,6 +175,22 @@ template <int W> inline void add_row_sums(float* dst, typename Vec<W>::f* rows, 
 }
 #endif
 
+// dst0[r] += sum of rows[r], dst1[r] += sum of rows[count + r] (r < count), for dC and dB: when count is not a
+// multiple of W, both sets share groups (one butterfly for N = 8 on 16 lanes instead of two half-empty ones).
+template <int W> inline void add_row_sums_pair(float* dst0, float* dst1, typename Vec<W>::f* rows, int64_t count) {
+  if (count % W == 0) {
+    add_row_sums<W>(dst0, rows, count);
+    add_row_sums<W>(dst1, rows + count, count);
+    return;
+  }
+  float sums[2 * kMaxState + W] = {};
+  add_row_sums<W>(sums, rows, 2 * count);
+  for (int64_t r = 0; r < count; ++r) {
+    dst0[r] += sums[r];
+    dst1[r] += sums[count + r];
+  }
+}
+
 // 2^x, relative error < 3e-7; x is clamped to [-125, 127] (2^-125 ~ 2e-38 stands for 0: no denormals).
 // x = k + f with k integer, |f| <= 1/2; 2^f by a degree-5 polynomial (Chebyshev fit), 2^k in the exponent bits.
 template <class V> inline V exp2_fast(V x) {
@@ -333,7 +349,7 @@ struct Item {
     Parameters w;
     load_parameters(d, w);
     V h_entry[kMaxState], carry[kMaxState], dA[kMaxState];  // carry = a_next * dh_next
-    V dB_rows[kMaxState + W], dC_rows[kMaxState + W];  // a token's dB and dC terms, summed over lanes per state
+    V rows[2 * kMaxState + W];  // a token's dC and dB terms, each summed over the lanes
     for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = splat<V>(0.0f);
     V dD = splat<V>(0.0f), dbias = splat<V>(0.0f);
     float* dB_base = d.dB + (static_cast<int64_t>(thread) * p.batch + b) * L * N;
@@ -378,16 +394,15 @@ struct Item {
         float* dCt = dC_base + t * N;
         for (int64_t n = 0; n < N; ++n) {
           const V dh = carry[n] + g * Ct[n];
-          dC_rows[n] = g * hs[n];
-          dB_rows[n] = dh * k.du;
+          rows[n] = g * hs[n];          // dC terms
+          rows[N + n] = dh * k.du;      // dB terms
           s += dh * Bt[n];
           const V q = dh * as[n] * hp[n];  // d loss / d log(a)
           dA[n] += q * k.delta;
           ddelta += q * w.A[n];
           carry[n] = as[n] * dh;
         }
-        add_row_sums<W>(dCt, dC_rows, N);
-        add_row_sums<W>(dBt, dB_rows, N);
+        add_row_sums_pair<W>(dCt, dBt, rows, N);
         store(d.du + (b * L + t) * E + e0, s * k.delta + g * w.D);
         const V dd = ddelta + s * k.u;
         const V ddt = k.pre > 20.0f ? dd : dd * sigmoid_fast(k.pre);
