@@ -85,7 +85,7 @@ def run(name: str, extra: list, output: Path, threads: int) -> dict:
     summary = json.loads((output / name / "summary.json").read_text())
     log = [json.loads(line) for line in (output / name / "metrics.jsonl").read_text().splitlines()]
     return {
-        "model": name, "built": summary["model"].split("), ")[0] + ")", "parameters": summary["parameters"],
+        "model": name, "built": summary.get("network") or summary["model"].split("), ")[0] + ")", "parameters": summary["parameters"],
         "epochs": summary["epochs"],
         "test_top1": summary["final_top1"], "best_top1": summary["best_value"],
         "train_minutes": summary["seconds_this_session"] / 60, "wall_minutes": wall / 60,

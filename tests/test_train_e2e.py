@@ -83,6 +83,8 @@ def test_training_learns_and_writes_everything(trained):
     assert last < first - 0.05  # the loss goes down on a learnable set
     assert max(r["top1"] for r in evaluated) >= 80.0  # chance is 33%
     assert summary["model"].startswith("Vim 0.01M (D=16, depth 2")  # what was built, not the registered name
+    assert summary["network"].startswith("Vim 0.01M (D=16, depth 2") and summary["network"].endswith(")")
+    assert json.loads((out / "summary.json").read_text())["network"] == summary["network"]
     assert summary["skipped_images"] == 4  # the broken PNG, once per epoch
     exported = read_checkpoint(out / "model.safetensors")
     assert exported.class_names == list(CLASSES)

@@ -126,7 +126,8 @@ class ClassificationTask(Task):
     def describe(self, model: nn.Module) -> str:
         pre = self.preprocessing
         # what was built (e.g. "Vim 0.49M (D=96, depth 6, ...)"), not the registered name it was made from
-        return (f"{describe_model(model, self.cfg.model)}, {count_parameters(model):,} parameters, on "
+        self.network = describe_model(model, self.cfg.model)
+        return (f"{self.network}, {count_parameters(model):,} parameters, on "
                 f"{self.spec.name} {pre.in_chans}x{pre.img_size[0]}x{pre.img_size[1]}, recipe {self.cfg.recipe}")
 
     # ------------------------------------------------------------------------------------------ loss, evaluation
@@ -178,7 +179,7 @@ class ClassificationTask(Task):
     def summary_fields(self) -> Dict[str, Any]:
         skipped = all_reduce_sums({"skipped": float(self.skipped_images)})["skipped"]
         return {"dataset": self.spec.name, "family": (self.model_spec or {}).get("family"),
-                "skipped_images": int(skipped)}
+                "network": getattr(self, "network", None), "skipped_images": int(skipped)}
 
     def resume_hint(self, checkpoint: Path) -> str:
         return f"vimamba train --resume {checkpoint}"
