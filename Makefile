@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 DEMO_DIR ?= runs/fashion-mnist-demo
 
-# The demo: get Fashion-MNIST (Debian package or official download), train a small Vim on it on the CPU (7.5-9
+# The demo: get Fashion-MNIST (Debian package or official download), train a small Vim on it on the CPU (6-9
 # minutes on 2 idle cores, about 90% test accuracy), then classify a few test images with the checkpoint it saved.
 demo: setup
 	$(BIN)/vimamba data fashion-mnist --samples $(DEMO_DIR)/samples --num 6
