@@ -52,12 +52,21 @@ def _load_module(name: str, path: str):
 
 
 class _DType:
-    """Stand-in for ``torch.dtype``: Triton's binder maps a tensor's dtype by its string form."""
+    """Stand-in for ``torch.dtype``: Triton's binder maps a tensor's dtype by its string form.
+
+    One object per name, kept for the life of the process, as torch's dtypes are: the binder's native code may
+    remember a dtype object by its address, so a freed stand-in whose address a new one (of another dtype) reused
+    would be taken for the old dtype (seen as a float32 pointer compiled as bfloat16, depending on test order)."""
 
     __module__ = "torch"
+    _instances: Dict[str, "_DType"] = {}
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __new__(cls, name: str) -> "_DType":
+        if name not in cls._instances:
+            instance = super().__new__(cls)
+            instance.name = name
+            cls._instances[name] = instance
+        return cls._instances[name]
 
     def __str__(self) -> str:
         return "torch." + self.name
