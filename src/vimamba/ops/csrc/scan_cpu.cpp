@@ -191,20 +191,25 @@ template <int W> inline void add_row_sums_pair(float* dst0, float* dst1, typenam
   }
 }
 
-// 2^x, relative error < 3e-7; x is clamped to [-125, 127] (2^-125 ~ 2e-38 stands for 0: no denormals).
-// x = k + f with k integer, |f| <= 1/2; 2^f by a degree-5 polynomial (Chebyshev fit), 2^k in the exponent bits.
-template <class V> inline V exp2_fast(V x) {
-  typedef decltype(x < x) I;
-  x = vmin(vmax(x, splat<V>(-125.0f)), splat<V>(127.0f));
-  const V magic = splat<V>(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer k
-  const V shifted = x + magic;
-  const V f = x - (shifted - magic);
+// 2^f for |f| <= 1/2 by a degree-5 polynomial (Chebyshev fit, relative error < 3e-7).
+template <class V> inline V exp2_fraction(V f) {
   V p = splat<V>(0.0013400433f);
   p = p * f + 0.0096760374f;
   p = p * f + 0.0555032715f;
   p = p * f + 0.2402210683f;
   p = p * f + 0.6931471825f;
   p = p * f + 1.0000001192f;
+  return p;
+}
+
+// 2^x, relative error < 3e-7; x is clamped to [-125, 127] (2^-125 ~ 2e-38 stands for 0: no denormals).
+// x = k + f with k integer, |f| <= 1/2; 2^f by exp2_fraction, 2^k in the exponent bits.
+template <class V> inline V exp2_fast(V x) {
+  typedef decltype(x < x) I;
+  x = vmin(vmax(x, splat<V>(-125.0f)), splat<V>(127.0f));
+  const V magic = splat<V>(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer k
+  const V shifted = x + magic;
+  const V p = exp2_fraction(x - (shifted - magic));
   // the integer k sits in the low mantissa bits of `shifted`: (k + 127) << 23 are the bits of 2^k
   return p * bitcast<V>((bitcast<I>(shifted) - (0x4B400000 - 127)) << 23);
 }
@@ -216,13 +221,7 @@ template <> inline Vec<16>::f exp2_fast(Vec<16>::f x) {
   typedef Vec<16>::f V;
   x = vmin(vmax(x, splat<V>(-150.0f)), splat<V>(128.0f));
   const __m512 k = _mm512_roundscale_ps(bitcast<__m512>(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const V f = x - bitcast<V>(k);
-  V p = splat<V>(0.0013400433f);
-  p = p * f + 0.0096760374f;
-  p = p * f + 0.0555032715f;
-  p = p * f + 0.2402210683f;
-  p = p * f + 0.6931471825f;
-  p = p * f + 1.0000001192f;
+  const V p = exp2_fraction(x - bitcast<V>(k));
   return bitcast<V>(_mm512_scalef_ps(bitcast<__m512>(p), k));
 }
 #endif
