@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -113,8 +112,9 @@ def main() -> int:
         print(f"DeiT trains {ratio:.2f}x as many images per second as the Vim here: it gets {deit_epochs} epochs "
               f"for the Vim's {vim_epochs}", flush=True)
     results = [run(name, deit_extra if name == "deit" else extra, output, args.threads) for name in args.models]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads: " \
-              f"{args.threads or 'default'}"
+    from vimamba.bench.report import cpu_model
+
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, torch threads: {args.threads or 'default'}"
     print(f"\nmachine: {machine}; extra flags: {' '.join(extra) or '(none)'}; same {args.same}"
           + (f" (DeiT/Vim speed {ratio:.2f})" if ratio else ""))
     print("| model | parameters | epochs | test top-1 | training time | throughput |")
