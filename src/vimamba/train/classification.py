@@ -53,6 +53,7 @@ class ClassificationTask(Task):
         self.custom_criterion = criterion
         self._spec = None
         self.model_spec: Optional[Dict[str, Any]] = None
+        self.network: Optional[str] = None  # what was built, in words (set by describe)
         self.skipped_images = 0
         self._mixup_fn, self._criterion = None, None
 
@@ -179,7 +180,7 @@ class ClassificationTask(Task):
     def summary_fields(self) -> Dict[str, Any]:
         skipped = all_reduce_sums({"skipped": float(self.skipped_images)})["skipped"]
         return {"dataset": self.spec.name, "family": (self.model_spec or {}).get("family"),
-                "network": getattr(self, "network", None), "skipped_images": int(skipped)}
+                "network": self.network, "skipped_images": int(skipped)}
 
     def resume_hint(self, checkpoint: Path) -> str:
         return f"vimamba train --resume {checkpoint}"
