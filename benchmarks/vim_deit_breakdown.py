@@ -34,13 +34,14 @@ from compile_speed import interleaved  # noqa: E402  (benchmarks/ is on sys.path
 
 @torch.library.custom_op("vimamba_bench::no_scan", mutates_args=())
 def no_scan(x_f: torch.Tensor, dt_f: torch.Tensor, dt_b: torch.Tensor, B_f: torch.Tensor, B_b: torch.Tensor,
-            C_f: torch.Tensor, C_b: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            C_f: torch.Tensor, C_b: torch.Tensor, A_f: torch.Tensor, A_b: torch.Tensor, z: torch.Tensor
+            ) -> torch.Tensor:
     """The scan's output, allocated and not computed (takes the inputs so nothing upstream is optimised away)."""
     return torch.empty_like(x_f)
 
 
 @no_scan.register_fake
-def _(x_f, dt_f, dt_b, B_f, B_b, C_f, C_b, z):
+def _(x_f, dt_f, dt_b, B_f, B_b, C_f, C_b, A_f, A_b, z):
     return torch.empty_like(x_f)
 
 
@@ -60,7 +61,7 @@ def _mixer_without_kernels(self: BiMambaMixer, hidden: torch.Tensor) -> torch.Te
     x, z = self.in_proj(hidden).chunk(2, dim=-1)
     x_f, x_b = no_conv(x, self.conv1d.weight, self.conv1d_b.weight)
     s = self._scan_inputs(x_f, x_b, z)
-    return self.out_proj(no_scan(s.x_f, s.dt_f, s.dt_b, s.B_f, s.B_b, s.C_f, s.C_b, s.z))
+    return self.out_proj(no_scan(s.x_f, s.dt_f, s.dt_b, s.B_f, s.B_b, s.C_f, s.C_b, s.A_f, s.A_b, s.z))
 
 
 def without_kernels(model: torch.nn.Module) -> torch.nn.Module:
